@@ -1,0 +1,14 @@
+//! `aggregator` binary: parse config, init telemetry, run.
+
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = aggregator::Config::parse();
+    tributary::telemetry::init(config.common.telemetry.log_format);
+    let shutdown = tributary::shutdown::on_signals();
+    tributary::cli::exit(aggregator::run(config, shutdown).await)
+}

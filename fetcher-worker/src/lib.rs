@@ -1,0 +1,48 @@
+//! `fetcher-worker`: consumes `ns.fetch`, downloads each task's URL, publishes the raw
+//! payloads (many per message) to `process`, retries or dead-letters failures.
+//!
+//! [`run`] is the whole worker; `main.rs` only parses the config and installs telemetry.
+
+pub mod config;
+pub mod guard;
+pub mod http;
+pub mod pipeline;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tributary::names::{Names, Stage};
+use tributary::shutdown::CancellationToken;
+use tributary::topology::Topology;
+use tributary::worker::supervise;
+
+pub use config::Config;
+
+/// Runs the fetcher until `shutdown` is cancelled and in-flight work is settled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let names = Names::new(&config.common.connection.namespace);
+    let policy = config.retry_policy();
+    let http = http::Http::new(http::HttpOptions {
+        timeout: Duration::from_millis(config.timeout_ms.max(1)),
+        max_body_bytes: config.max_body_bytes,
+        allow_private: config.allow_private,
+        pool_idle_per_host: config.concurrency.max(1),
+    })?;
+    let topology = Topology::new(names.clone(), config.common.connection.queue_type)
+        .with_retries(Stage::Fetch, &policy.delays);
+    let connection = config.common.connection.clone();
+    let ctx = Arc::new(pipeline::Context {
+        config,
+        http,
+        names,
+        policy,
+    });
+    supervise(
+        "fetcher-worker",
+        &connection,
+        topology,
+        shutdown,
+        |session| pipeline::session(ctx.clone(), session),
+    )
+    .await
+}

@@ -1,0 +1,247 @@
+//! Producer input: where lines come from, and what a line means.
+//!
+//! A line is blank, a `#` comment, an http(s) URL, or a task JSON object (`url` required;
+//! `v`, `job_id`, `task_id`, `headers`, `meta` optional; a `job_id` must be the job's).
+//! Sources are read as streams, so memory does not grow with the input; stdin is spooled to
+//! a temporary file so it can be validated before anything is published.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use tributary::message::{Task, VERSION};
+use uuid::Uuid;
+
+/// A task line as the producer accepts it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputTask {
+    #[serde(default)]
+    v: Option<u8>,
+    #[serde(default)]
+    job_id: Option<Uuid>,
+    #[serde(default)]
+    task_id: Option<Uuid>,
+    url: String,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    meta: Option<serde_json::Value>,
+}
+
+/// Parses one line: `Ok(None)` for blank lines and comments, `Err(reason)` for a line that is
+/// neither a valid URL nor a valid task.
+pub fn parse_line(line: &str, job: Uuid) -> Result<Option<Task>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let task = if line.starts_with('{') {
+        let input: InputTask =
+            serde_json::from_str(line).map_err(|e| format!("not a task object: {e}"))?;
+        if let Some(v) = input.v
+            && v != VERSION
+        {
+            return Err(format!("unsupported task version {v}"));
+        }
+        if let Some(other) = input.job_id
+            && other != job
+        {
+            return Err(format!(
+                "job_id {other} is not the job being enqueued ({job})"
+            ));
+        }
+        Task {
+            v: VERSION,
+            job_id: job,
+            task_id: input.task_id.unwrap_or_else(Uuid::new_v4),
+            url: input.url,
+            headers: input.headers,
+            meta: input.meta,
+        }
+    } else {
+        Task::new(job, line.to_string())
+    };
+    task.validate().map_err(|f| f.reason)?;
+    Ok(Some(task))
+}
+
+/// Where the lines come from.
+#[derive(Debug)]
+pub enum Source {
+    Args(Vec<String>),
+    File(PathBuf),
+    /// Stdin, spooled; the file is deleted when this is dropped.
+    Spooled(tempfile::NamedTempFile),
+}
+
+impl Source {
+    /// Picks the source from `--file` and the positional URLs (`-` = stdin).
+    pub fn open(file: Option<&Path>, urls: &[String]) -> anyhow::Result<Option<Source>> {
+        let stdin_wanted =
+            file.is_some_and(|f| f == Path::new("-")) || urls.iter().any(|u| u == "-");
+        if stdin_wanted {
+            return Ok(Some(Source::Spooled(spool_stdin()?)));
+        }
+        if let Some(path) = file {
+            File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            return Ok(Some(Source::File(path.to_path_buf())));
+        }
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Source::Args(urls.to_vec())))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Args(_) => "arguments".into(),
+            Source::File(p) => p.display().to_string(),
+            Source::Spooled(_) => "stdin".into(),
+        }
+    }
+
+    /// Calls `each(line_number, line)` for every line, streaming.
+    pub fn for_each_line(
+        &self,
+        mut each: impl FnMut(usize, &str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let read = |path: &Path, each: &mut dyn FnMut(usize, &str) -> anyhow::Result<()>| {
+            let reader = BufReader::with_capacity(
+                1 << 16,
+                File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
+            );
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("reading line {}", i + 1))?;
+                each(i + 1, &line)?;
+            }
+            anyhow::Ok(())
+        };
+        match self {
+            Source::Args(urls) => {
+                for (i, url) in urls.iter().enumerate() {
+                    each(i + 1, url)?;
+                }
+                Ok(())
+            }
+            Source::File(path) => read(path, &mut each),
+            Source::Spooled(file) => read(file.path(), &mut each),
+        }
+    }
+}
+
+fn spool_stdin() -> anyhow::Result<tempfile::NamedTempFile> {
+    let mut spool =
+        tempfile::NamedTempFile::new().context("cannot create a spool file for stdin")?;
+    let stdin = io::stdin();
+    let mut lock = stdin.lock();
+    io::copy(&mut lock, spool.as_file_mut()).context("reading stdin")?;
+    spool.as_file_mut().flush()?;
+    Ok(spool)
+}
+
+/// What the validation pass found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub valid: u64,
+    pub invalid: Vec<(usize, String)>,
+    pub invalid_count: u64,
+}
+
+/// Most invalid lines reported one by one.
+pub const MAX_REPORTED: usize = 20;
+
+/// Validates every line without keeping any.
+pub fn scan(source: &Source, job: Uuid) -> anyhow::Result<Scan> {
+    let mut scan = Scan::default();
+    source.for_each_line(|n, line| {
+        match parse_line(line, job) {
+            Ok(Some(_)) => scan.valid += 1,
+            Ok(None) => {}
+            Err(reason) => {
+                scan.invalid_count += 1;
+                if scan.invalid.len() < MAX_REPORTED {
+                    scan.invalid.push((n, reason));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Uuid {
+        Uuid::parse_str("6f1c1b7e-4a55-4d0e-9a3c-0a8a3f3f2b10").unwrap()
+    }
+
+    #[test]
+    fn urls_comments_and_blanks() {
+        assert_eq!(parse_line("", job()), Ok(None));
+        assert_eq!(parse_line("   # comment", job()), Ok(None));
+        let t = parse_line("  https://api.example.com/q/AAPL  ", job())
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.url, "https://api.example.com/q/AAPL");
+        assert_eq!(t.job_id, job());
+        assert!(
+            parse_line("ftp://x/y", job())
+                .unwrap_err()
+                .contains("scheme")
+        );
+        assert!(parse_line("not a url", job()).is_err());
+        assert!(parse_line("http://", job()).is_err());
+    }
+
+    #[test]
+    fn task_objects() {
+        let t = parse_line(
+            r#"{"url":"http://a.example/1","headers":{"accept":"application/json"},"meta":{"k":1}}"#,
+            job(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.meta, Some(serde_json::json!({"k": 1})));
+        let id = Uuid::new_v4();
+        let t = parse_line(
+            &format!(r#"{{"v":1,"task_id":"{id}","url":"http://a/1"}}"#),
+            job(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.task_id, id);
+        let other = Uuid::new_v4();
+        assert!(
+            parse_line(
+                &format!(r#"{{"job_id":"{other}","url":"http://a/1"}}"#),
+                job()
+            )
+            .unwrap_err()
+            .contains("not the job")
+        );
+        assert!(parse_line(r#"{"url":"http://a/1","extra":1}"#, job()).is_err());
+        assert!(parse_line(r#"{"url":"http://a/1","headers":{"host":"x"}}"#, job()).is_err());
+        assert!(parse_line(r#"{"v":2,"url":"http://a/1"}"#, job()).is_err());
+        assert!(parse_line("{broken", job()).is_err());
+    }
+
+    #[test]
+    fn scanning_counts_and_reports() {
+        let source = Source::Args(vec![
+            "http://a/1".into(),
+            "# c".into(),
+            "bad".into(),
+            "http://a/2".into(),
+        ]);
+        let scan = scan(&source, job()).unwrap();
+        assert_eq!(scan.valid, 2);
+        assert_eq!(scan.invalid_count, 1);
+        assert_eq!(scan.invalid[0].0, 3);
+    }
+}

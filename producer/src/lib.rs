@@ -1,0 +1,62 @@
+//! `producer`: enqueue jobs from the command line, files or stdin; print job status.
+//!
+//! [`run`] dispatches the subcommand; `main.rs` only parses the config and installs
+//! telemetry. Everything printed on stdout is JSON.
+
+pub mod config;
+pub mod enqueue;
+pub mod input;
+pub mod progress;
+
+use anyhow::Context as _;
+use tributary::amqp;
+use tributary::config::ConnectionArgs;
+use tributary::names::Names;
+use tributary::shutdown::CancellationToken;
+use tributary::store::Store;
+use tributary::topology::Topology;
+
+pub use config::{Command, Config};
+
+/// Runs one producer command.
+pub async fn run(config: Config, _shutdown: CancellationToken) -> anyhow::Result<()> {
+    let c = &config.common.connection;
+    match &config.command {
+        Command::Enqueue(args) => {
+            let store = connect_store(c).await?;
+            let conn = amqp::connect(&c.amqp_url, "producer").await?;
+            let setup = conn.create_channel().await?;
+            Topology::new(Names::new(&c.namespace), c.queue_type)
+                .declare(&setup)
+                .await?;
+            let channel = amqp::confirm_channel(&conn).await?;
+            let names = Names::new(&c.namespace);
+            let result = enqueue::enqueue(args, &channel, names.exchange(), &store).await;
+            let _ = conn.close(200, "done".into()).await;
+            let enqueued = result?;
+            print_json(&enqueued)?;
+            if args.wait {
+                let status = progress::watch(&store, enqueued.job_id, args.wait_timeout).await?;
+                print_json(&status)?;
+            }
+            Ok(())
+        }
+        Command::Status { job_id } => {
+            let store = connect_store(c).await?;
+            let status = store
+                .status(*job_id)
+                .await?
+                .with_context(|| format!("unknown job {job_id} in namespace {}", c.namespace))?;
+            print_json(&status)
+        }
+    }
+}
+
+async fn connect_store(c: &ConnectionArgs) -> anyhow::Result<Store> {
+    Ok(Store::connect(&c.redis_url, Names::new(&c.namespace), c.result_ttl).await?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Broker connections, channels, persistent message properties and confirmed publishing.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use crate::redact::redact_url;
+
+pub use lapin::PublisherConfirm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker at {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    #[error("broker connection timed out after {0:?} ({1})")]
+    ConnectTimeout(Duration, String),
+    #[error("broker: {0}")]
+    Protocol(#[from] lapin::Error),
+    #[error("broker refused (nacked) a publish to {0}")]
+    Nacked(String),
+    #[error("broker returned an unroutable publish to {0}")]
+    Returned(String),
+}
+
+/// Opens a connection named `name` (visible in the management UI), within 10 s.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let limit = Duration::from_secs(10);
+    match tokio::time::timeout(limit, Connection::connect(url, props)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(AmqpError::Connect {
+            url: redact_url(url),
+            source,
+        }),
+        Err(_) => Err(AmqpError::ConnectTimeout(limit, redact_url(url))),
+    }
+}
+
+/// A channel with publisher confirms enabled.
+pub async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Persistent (delivery mode 2) properties with a content type.
+pub fn persistent(content_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(content_type.into())
+}
+
+/// Publishes and returns the confirm future, so callers can keep a window of them.
+pub async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, AmqpError> {
+    Ok(channel
+        .basic_publish(
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            body,
+            properties,
+        )
+        .await?)
+}
+
+/// Awaits a confirm: `Ok` only when the broker took responsibility for the message.
+pub async fn confirmed(confirm: PublisherConfirm, routing_key: &str) -> Result<(), AmqpError> {
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(AmqpError::Returned(routing_key.to_string())),
+        Confirmation::Nack(_) => Err(AmqpError::Nacked(routing_key.to_string())),
+        Confirmation::NotRequested => Ok(()),
+    }
+}
+
+/// Publishes and waits for the broker's confirm.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), AmqpError> {
+    let confirm = publish(channel, exchange, routing_key, body, properties).await?;
+    confirmed(confirm, routing_key).await
+}
+
+/// Typed access to AMQP headers.
+pub trait HeadersExt {
+    fn set_str(&mut self, key: &str, value: &str);
+    fn set_u64(&mut self, key: &str, value: u64);
+    fn get_str(&self, key: &str) -> Option<String>;
+    fn get_u64(&self, key: &str) -> Option<u64>;
+}
+
+impl HeadersExt for FieldTable {
+    fn set_str(&mut self, key: &str, value: &str) {
+        self.insert(
+            key.into(),
+            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+        );
+    }
+
+    fn set_u64(&mut self, key: &str, value: u64) {
+        self.insert(
+            key.into(),
+            AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX)),
+        );
+    }
+
+    fn get_str(&self, key: &str) -> Option<String> {
+        match self.inner().get(key)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            _ => None,
+        }
+    }
+
+    fn get_u64(&self, key: &str) -> Option<u64> {
+        match self.inner().get(key)? {
+            AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+            AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+            AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
+            AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// The headers of a delivery (empty if it had none).
+pub fn headers_of(properties: &BasicProperties) -> FieldTable {
+    properties.headers().clone().unwrap_or_default()
+}
+
+/// Header names tributary sets on its own messages.
+pub mod header {
+    pub const STAGE: &str = "x-tributary-stage";
+    pub const ERROR: &str = "x-tributary-error";
+    pub const REASON: &str = "x-tributary-reason";
+    pub const ATTEMPTS: &str = "x-tributary-attempts";
+    pub const HTTP_STATUS: &str = "x-tributary-http-status";
+    pub const FAILED_AT: &str = "x-tributary-failed-at";
+    pub const JOB_ID: &str = "x-tributary-job-id";
+    pub const TASK_ID: &str = "x-tributary-task-id";
+    pub const URL: &str = "x-tributary-url";
+    pub const ENQUEUED_MS: &str = "x-tributary-enqueued-ms";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let mut t = FieldTable::default();
+        t.set_str("a", "x");
+        t.set_u64("n", 7);
+        assert_eq!(t.get_str("a").as_deref(), Some("x"));
+        assert_eq!(t.get_u64("n"), Some(7));
+        assert_eq!(t.get_u64("a"), None);
+        assert_eq!(t.get_str("missing"), None);
+    }
+}

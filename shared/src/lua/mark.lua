@@ -1,0 +1,18 @@
+-- ARGV[1] = operation (f fetched, p processed, a aggregated, r retrying, d dead,
+-- q replayed), ARGV[2] = TTL in seconds, ARGV[3..] = task ids. Returns how many changed.
+local op = ARGV[1]
+local changed = 0
+for i = 3, #ARGV do
+  local task = ARGV[i]
+  local did
+  if op == 'f' then did = advance(task, 1)
+  elseif op == 'p' then did = advance(task, 2)
+  elseif op == 'a' then did = advance(task, 3)
+  elseif op == 'r' then did = mark_retrying(task)
+  elseif op == 'd' then did = mark_dead(task)
+  elseif op == 'q' then did = mark_replayed(task)
+  else return redis.error_reply('unknown mark operation ' .. tostring(op)) end
+  if did then changed = changed + 1 end
+end
+touch(tonumber(ARGV[2]), 1, 2)
+return changed

@@ -1,0 +1,60 @@
+-- Per-task state shared by mark.lua and apply.lua (concatenated in front of them).
+-- KEYS[1] = the job's status hash (counters), KEYS[2] = the job's task-state hash.
+-- A task's state is level + 10 * flag: level 0 queued, 1 fetched, 2 processed,
+-- 3 aggregated; flag 0 none, 1 retrying, 2 dead. Every transition is idempotent, so a
+-- redelivered message never changes a counter twice.
+local LEVEL_FIELD = { 'fetched', 'processed', 'aggregated' }
+
+local function get_state(task)
+  local v = tonumber(redis.call('HGET', KEYS[2], task) or '0') or 0
+  return v % 10, math.floor(v / 10)
+end
+
+local function put_state(task, level, flag)
+  redis.call('HSET', KEYS[2], task, level + 10 * flag)
+end
+
+local function bump(field, by)
+  redis.call('HINCRBY', KEYS[1], field, by)
+end
+
+-- The task reached stage level `target`; true if that is news.
+local function advance(task, target)
+  local level, flag = get_state(task)
+  if level >= target then return false end
+  for l = level + 1, target do bump(LEVEL_FIELD[l], 1) end
+  if flag == 1 then bump('retrying', -1); flag = 0 end
+  if flag == 2 and target == 3 then bump('dead', -1); flag = 0 end
+  put_state(task, target, flag)
+  return true
+end
+
+local function mark_retrying(task)
+  local level, flag = get_state(task)
+  if level == 3 or flag ~= 0 then return false end
+  bump('retrying', 1)
+  put_state(task, level, 1)
+  return true
+end
+
+local function mark_dead(task)
+  local level, flag = get_state(task)
+  if level == 3 or flag == 2 then return false end
+  if flag == 1 then bump('retrying', -1) end
+  bump('dead', 1)
+  put_state(task, level, 2)
+  return true
+end
+
+-- A dead task is being replayed: it counts as in flight again.
+local function mark_replayed(task)
+  local level, flag = get_state(task)
+  if flag ~= 2 then return false end
+  bump('dead', -1)
+  put_state(task, level, 0)
+  return true
+end
+
+local function touch(ttl, first, last)
+  for i = first, last do redis.call('EXPIRE', KEYS[i], ttl) end
+end

@@ -1,0 +1,180 @@
+//! The names of every exchange, routing key, queue and Redis key of one namespace.
+//!
+//! All Redis keys of one job share the hash tag `{<job_id>}`, so every script touches one
+//! slot and the aggregator works unchanged on Redis Cluster.
+
+use std::fmt;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// A pipeline stage: each has a queue, a routing key and a dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Fetch,
+    Process,
+    Results,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Fetch, Stage::Process, Stage::Results];
+
+    /// The routing key (and queue suffix) of the stage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Process => "process",
+            Stage::Results => "results",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == s)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Names within one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            ns: namespace.to_string(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// The direct exchange every stage publishes to.
+    pub fn exchange(&self) -> &str {
+        &self.ns
+    }
+
+    pub fn queue(&self, stage: Stage) -> String {
+        format!("{}.{}", self.ns, stage.as_str())
+    }
+
+    pub fn dead_queue(&self, stage: Stage) -> String {
+        format!("{}.{}.dead", self.ns, stage.as_str())
+    }
+
+    /// Routing key of a stage's dead-letter queue on the namespace exchange.
+    pub fn dead_routing_key(stage: Stage) -> String {
+        format!("{}.dead", stage.as_str())
+    }
+
+    /// A delay queue of the retry ladder: messages wait there for their TTL, then the broker
+    /// dead-letters them back to the stage queue.
+    pub fn retry_queue(&self, stage: Stage, delay: Duration) -> String {
+        format!(
+            "{}.{}.retry.{}",
+            self.ns,
+            stage.as_str(),
+            delay_label(delay)
+        )
+    }
+
+    pub fn retry_routing_key(stage: Stage, delay: Duration) -> String {
+        format!("{}.retry.{}", stage.as_str(), delay_label(delay))
+    }
+
+    fn job_key(&self, job: Uuid, what: &str) -> String {
+        format!("{}:{{{}}}:{}", self.ns, job, what)
+    }
+
+    /// Hash of the job's counters: total, fetched, processed, aggregated, retrying, dead.
+    pub fn status_key(&self, job: Uuid) -> String {
+        self.job_key(job, "status")
+    }
+
+    /// Hash task id -> state (stage level and retrying/dead flag); makes counters idempotent.
+    pub fn tasks_key(&self, job: Uuid) -> String {
+        self.job_key(job, "tasks")
+    }
+
+    /// Hash group key -> packed statistics.
+    pub fn groups_key(&self, job: Uuid) -> String {
+        self.job_key(job, "groups")
+    }
+
+    /// Hash latency bucket -> count of tasks (enqueue to aggregated).
+    pub fn latency_key(&self, job: Uuid) -> String {
+        self.job_key(job, "latency")
+    }
+
+    /// The keys of one job, for clean-up.
+    pub fn job_keys(&self, job: Uuid) -> [String; 4] {
+        [
+            self.status_key(job),
+            self.tasks_key(job),
+            self.groups_key(job),
+            self.latency_key(job),
+        ]
+    }
+}
+
+/// `200ms`, `5s`, `2m`, `1h`: the largest whole unit, for queue names.
+pub fn delay_label(delay: Duration) -> String {
+    let ms = delay.as_millis();
+    if ms == 0 {
+        "0ms".to_string()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_and_key_names() {
+        let n = Names::new("ns");
+        assert_eq!(n.exchange(), "ns");
+        assert_eq!(n.queue(Stage::Fetch), "ns.fetch");
+        assert_eq!(n.dead_queue(Stage::Results), "ns.results.dead");
+        assert_eq!(
+            n.retry_queue(Stage::Fetch, Duration::from_secs(5)),
+            "ns.fetch.retry.5s"
+        );
+        let job = Uuid::nil();
+        assert_eq!(
+            n.status_key(job),
+            "ns:{00000000-0000-0000-0000-000000000000}:status"
+        );
+    }
+
+    #[test]
+    fn delay_labels() {
+        assert_eq!(delay_label(Duration::from_millis(200)), "200ms");
+        assert_eq!(delay_label(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(delay_label(Duration::from_secs(30)), "30s");
+        assert_eq!(delay_label(Duration::from_secs(120)), "2m");
+        assert_eq!(delay_label(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn stage_parse_round_trips() {
+        for s in Stage::ALL {
+            assert_eq!(Stage::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Stage::parse("nope"), None);
+    }
+}

@@ -1,0 +1,360 @@
+//! The Redis side: job counters, per-task state and the exactly-once apply of results.
+//!
+//! Every write is one Lua script that touches only the keys of one job (one hash tag), so
+//! counters and aggregates move together and redelivery changes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::message::TaskResult;
+use crate::names::Names;
+use crate::redact::redact_url;
+use crate::stats::GroupStats;
+
+const STATE_LUA: &str = include_str!("lua/state.lua");
+const MARK_LUA: &str = include_str!("lua/mark.lua");
+const APPLY_LUA: &str = include_str!("lua/apply.lua");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis at {url}: {source}")]
+    Connect {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis holds a malformed value at {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+/// A state change of tasks, applied idempotently (see `lua/state.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Fetched,
+    Processed,
+    Retrying,
+    Dead,
+    /// A dead task was sent back to its stage by `dlq replay`.
+    Replayed,
+}
+
+impl Mark {
+    fn op(self) -> &'static str {
+        match self {
+            Mark::Fetched => "f",
+            Mark::Processed => "p",
+            Mark::Retrying => "r",
+            Mark::Dead => "d",
+            Mark::Replayed => "q",
+        }
+    }
+}
+
+/// The status JSON of the design.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobStatus {
+    pub job_id: Uuid,
+    pub total: u64,
+    pub fetched: u64,
+    pub processed: u64,
+    pub aggregated: u64,
+    pub retrying: u64,
+    pub dead: u64,
+    pub done: bool,
+}
+
+/// The results JSON of the design.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobResults {
+    pub job_id: Uuid,
+    pub groups: BTreeMap<String, GroupStats>,
+}
+
+/// A job's latency histogram: (upper bound in ms, tasks).
+pub type LatencyHistogram = Vec<(f64, u64)>;
+
+/// The Redis store of one namespace. Cheap to clone; reconnects by itself.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    names: Names,
+    ttl_secs: u64,
+    mark: redis::Script,
+    apply: redis::Script,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("names", &self.names).finish()
+    }
+}
+
+impl Store {
+    /// Connects (failing if Redis is not reachable now; later outages are retried by the
+    /// connection manager, each command timing out after 5 s).
+    pub async fn connect(url: &str, names: Names, ttl: Duration) -> Result<Self, StoreError> {
+        let connect_err = |source| StoreError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(connect_err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(connect_err)?;
+        Ok(Self {
+            conn,
+            names,
+            ttl_secs: ttl.as_secs().max(1),
+            mark: redis::Script::new(&format!("{STATE_LUA}\n{MARK_LUA}")),
+            apply: redis::Script::new(&format!("{STATE_LUA}\n{APPLY_LUA}")),
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Adds `tasks` to the job's total (creating the job). Called before any of them is
+    /// published, so a job is never `done` before its last task is counted.
+    pub async fn add_to_total(&self, job: Uuid, tasks: u64) -> Result<(), StoreError> {
+        let key = self.names.status_key(job);
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .hincr(&key, "total", tasks)
+            .ignore()
+            .expire(&key, self.ttl_secs as i64)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a state change to tasks of one job; returns how many changed.
+    pub async fn mark(&self, job: Uuid, mark: Mark, tasks: &[Uuid]) -> Result<u64, StoreError> {
+        if tasks.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.mark.prepare_invoke();
+        invocation
+            .key(self.names.status_key(job))
+            .key(self.names.tasks_key(job))
+            .arg(mark.op())
+            .arg(self.ttl_secs);
+        for task in tasks {
+            invocation.arg(task.to_string());
+        }
+        let mut conn = self.conn.clone();
+        Ok(invocation.invoke_async(&mut conn).await?)
+    }
+
+    /// Applies one mark to tasks of possibly several jobs: one script call per job.
+    pub async fn mark_many(
+        &self,
+        mark: Mark,
+        tasks: impl IntoIterator<Item = (Uuid, Uuid)>,
+    ) -> Result<(), StoreError> {
+        for (job, tasks) in by_job(tasks) {
+            self.mark(job, mark, &tasks).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies results of one job, exactly once per task id; returns how many tasks were
+    /// applied now (a redelivered batch applies none).
+    pub async fn apply(&self, job: Uuid, items: &[&TaskResult]) -> Result<u64, StoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.apply.prepare_invoke();
+        invocation
+            .key(self.names.status_key(job))
+            .key(self.names.tasks_key(job))
+            .key(self.names.groups_key(job))
+            .key(self.names.latency_key(job))
+            .arg(self.ttl_secs)
+            .arg(crate::message::now_ms());
+        for item in items {
+            let groups = merge_by_group(item);
+            invocation
+                .arg(item.task_id.to_string())
+                .arg(item.enqueued_ms.map(|m| m.to_string()).unwrap_or_default())
+                .arg(groups.len());
+            for (group, g) in groups {
+                invocation
+                    .arg(group)
+                    .arg(g.records)
+                    .arg(g.count)
+                    .arg(g.sum.to_string())
+                    .arg(g.min.to_string())
+                    .arg(g.max.to_string());
+            }
+        }
+        let mut conn = self.conn.clone();
+        Ok(invocation.invoke_async(&mut conn).await?)
+    }
+
+    /// The job's status, or `None` for a job Redis does not know.
+    pub async fn status(&self, job: Uuid) -> Result<Option<JobStatus>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, i64> = conn.hgetall(self.names.status_key(job)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let get = |name: &str| fields.get(name).copied().unwrap_or(0).max(0) as u64;
+        let total = get("total");
+        let aggregated = get("aggregated");
+        let dead = get("dead");
+        Ok(Some(JobStatus {
+            job_id: job,
+            total,
+            fetched: get("fetched"),
+            processed: get("processed"),
+            aggregated,
+            retrying: get("retrying"),
+            dead,
+            done: total > 0 && aggregated + dead >= total,
+        }))
+    }
+
+    /// The job's aggregate, or `None` for a job Redis does not know.
+    pub async fn results(&self, job: Uuid) -> Result<Option<JobResults>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.names.groups_key(job);
+        let raw: HashMap<String, String> = conn.hgetall(&key).await?;
+        if raw.is_empty() && self.status(job).await?.is_none() {
+            return Ok(None);
+        }
+        let mut groups = BTreeMap::new();
+        for (group, packed) in raw {
+            let stats = unpack_group(&packed).ok_or_else(|| StoreError::Corrupt {
+                key: key.clone(),
+                detail: format!("group {group:?} = {packed:?}"),
+            })?;
+            groups.insert(group, stats);
+        }
+        Ok(Some(JobResults {
+            job_id: job,
+            groups,
+        }))
+    }
+
+    /// Tasks per latency bucket (upper bound in ms), ascending.
+    pub async fn latency(&self, job: Uuid) -> Result<LatencyHistogram, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: HashMap<i64, u64> = conn.hgetall(self.names.latency_key(job)).await?;
+        let mut buckets: Vec<(f64, u64)> = raw
+            .into_iter()
+            .map(|(b, n)| (2f64.powf((b + 1) as f64 / 4.0) - 1.0, n))
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(buckets)
+    }
+
+    /// Deletes every key of the job.
+    pub async fn delete_job(&self, job: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.del(&self.names.job_keys(job)).await?;
+        Ok(())
+    }
+
+    /// Answers when Redis does (for readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// Groups `(job, item)` pairs by job, keeping their order within a job.
+pub fn by_job<T>(items: impl IntoIterator<Item = (Uuid, T)>) -> BTreeMap<Uuid, Vec<T>> {
+    let mut out: BTreeMap<Uuid, Vec<T>> = BTreeMap::new();
+    for (job, item) in items {
+        out.entry(job).or_default().push(item);
+    }
+    out
+}
+
+/// A task's records merged per group (a task may emit many records of one group).
+fn merge_by_group(item: &TaskResult) -> BTreeMap<&str, GroupStats> {
+    let mut groups: BTreeMap<&str, GroupStats> = BTreeMap::new();
+    for record in &item.records {
+        groups
+            .entry(record.group.as_str())
+            .or_insert_with(GroupStats::empty)
+            .add_record(record);
+    }
+    groups
+}
+
+fn unpack_group(packed: &str) -> Option<GroupStats> {
+    let mut parts = packed.split(' ');
+    let records = parts.next()?.parse().ok()?;
+    let count = parts.next()?.parse().ok()?;
+    let sum = parse_lua_number(parts.next()?)?;
+    let min = parse_lua_number(parts.next()?)?;
+    let max = parse_lua_number(parts.next()?)?;
+    let mut stats = GroupStats::empty();
+    stats.merge(records, count, sum, min, max);
+    Some(stats)
+}
+
+/// Lua prints infinities as `inf` / `-inf` and NaN as `nan` or `-nan`.
+fn parse_lua_number(s: &str) -> Option<f64> {
+    match s {
+        "inf" => Some(f64::INFINITY),
+        "-inf" => Some(f64::NEG_INFINITY),
+        "nan" | "-nan" => Some(f64::NAN),
+        _ => s.parse().ok(),
+    }
+}
+
+/// Waits until `job` is done, calling `progress` with each status it sees.
+pub async fn wait_until_done(
+    store: &Store,
+    job: Uuid,
+    poll: Duration,
+    mut progress: impl FnMut(&JobStatus),
+) -> Result<JobStatus, StoreError> {
+    loop {
+        if let Some(status) = store.status(job).await? {
+            progress(&status);
+            if status.done {
+                return Ok(status);
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_groups_parse() {
+        let g = unpack_group("2 5 10.5 -1 4.25").unwrap();
+        assert_eq!(
+            (g.records, g.count, g.sum, g.min, g.max),
+            (2, 5, 10.5, -1.0, 4.25)
+        );
+        assert_eq!(g.mean, 2.1);
+        assert!(unpack_group("2 5").is_none());
+        assert!(unpack_group("inf 1 1 1 1").is_none());
+        assert_eq!(
+            unpack_group("1 1 inf -inf 1").unwrap().min,
+            f64::NEG_INFINITY
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The supervised session loop every worker runs.
+//!
+//! A session is one broker connection (plus the shared Redis store) on which a stage
+//! consumes until it is told to stop or something breaks. When the broker or Redis goes
+//! away the session ends with an error, its unacked deliveries return to the queue, and the
+//! supervisor reconnects with capped exponential backoff, redeclares the topology and
+//! starts a new session. Nothing panics and nothing exits on an outage.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp;
+use crate::backoff::Backoff;
+use crate::config::ConnectionArgs;
+use crate::names::Names;
+use crate::store::Store;
+use crate::topology::Topology;
+
+/// What a session is given.
+pub struct Session {
+    pub conn: Arc<Connection>,
+    pub store: Store,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs `session` over and over until `shutdown` is cancelled and a session returns `Ok`.
+/// `name` labels the broker connection and the log lines.
+pub async fn supervise<F, Fut>(
+    name: &str,
+    args: &ConnectionArgs,
+    topology: Topology,
+    shutdown: CancellationToken,
+    mut session: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(Session) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut store: Option<Store> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let attempt = async {
+            let s = match &store {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Store::connect(
+                        &args.redis_url,
+                        Names::new(&args.namespace),
+                        args.result_ttl,
+                    )
+                    .await?;
+                    store = Some(s.clone());
+                    s
+                }
+            };
+            let conn = amqp::connect(&args.amqp_url, name).await?;
+            let channel = conn.create_channel().await.map_err(amqp::AmqpError::from)?;
+            topology.declare(&channel).await?;
+            let _ = channel.close(200, "topology declared".into()).await;
+            anyhow::Ok((Arc::new(conn), s))
+        };
+        let (conn, s) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            result = attempt => match result {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(attempt = backoff.attempts(), "{name}: cannot start: {e:#}; retrying in {wait:?}");
+                    sleep_unless_cancelled(wait, &shutdown).await;
+                    continue;
+                }
+            }
+        };
+        if backoff.attempts() > 0 {
+            tracing::info!("{name}: connected again");
+        }
+        backoff.reset();
+        tracing::info!(namespace = %args.namespace, "{name}: consuming");
+        let result = session(Session {
+            conn: conn.clone(),
+            store: s,
+            shutdown: shutdown.clone(),
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                let _ = conn.close(200, "shutdown".into()).await;
+                if shutdown.is_cancelled() {
+                    tracing::info!("{name}: stopped");
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                let _ = conn.close(320, "session failed".into()).await;
+                let wait = backoff.next_delay();
+                tracing::warn!("{name}: session lost: {e:#}; reconnecting in {wait:?}");
+                sleep_unless_cancelled(wait, &shutdown).await;
+            }
+        }
+    }
+}
+
+async fn sleep_unless_cancelled(wait: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+/// Resolves when the session should stop taking new work; `None` deadline until then.
+pub struct Drain {
+    deadline: Option<tokio::time::Instant>,
+    timeout: Duration,
+}
+
+impl Drain {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            deadline: None,
+            timeout,
+        }
+    }
+
+    /// Starts the drain clock (idempotent).
+    pub fn begin(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = Some(tokio::time::Instant::now() + self.timeout);
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Resolves at the deadline (never, before the drain began).
+    pub async fn expired(&self) {
+        match self.deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Opens a consuming channel with `prefetch` and starts a consumer on `queue`; returns the
+/// channel, the consumer and its tag (for `basic_cancel`).
+pub async fn start_consumer(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    label: &str,
+) -> Result<(lapin::Channel, lapin::Consumer, String), amqp::AmqpError> {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let tag = format!("{label}-{}", uuid::Uuid::new_v4());
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer, tag))
+}
+
+/// Consumes `queue`, running `handle` on up to `concurrency` deliveries at once. Each
+/// handler acks its own delivery once its effect is durable; an `Err` from a handler ends
+/// the session (its unacked deliveries are redelivered). On shutdown: cancel the consumer,
+/// wait for in-flight handlers until `drain_timeout`, return `Ok`.
+pub async fn consume_each<H, Fut>(
+    session: &Session,
+    queue: &str,
+    prefetch: u16,
+    concurrency: usize,
+    drain_timeout: Duration,
+    label: &str,
+    handle: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(lapin::message::Delivery) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    use futures::StreamExt;
+    use lapin::options::BasicCancelOptions;
+
+    let (channel, mut consumer, tag) =
+        start_consumer(&session.conn, queue, prefetch, label).await?;
+    let mut running = tokio::task::JoinSet::new();
+    let mut drain = Drain::new(drain_timeout);
+    loop {
+        if drain.draining() && running.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = session.shutdown.cancelled(), if !drain.draining() => {
+                drain.begin();
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+            _ = drain.expired() => {
+                tracing::warn!(in_flight = running.len(), "shutdown timeout: leaving unfinished deliveries for redelivery");
+                return Ok(());
+            }
+            next = consumer.next(), if !drain.draining() && running.len() < concurrency.max(1) => {
+                let delivery = match next {
+                    Some(delivery) => delivery?,
+                    None => anyhow::bail!("the broker closed the consumer on {queue}"),
+                };
+                running.spawn(handle(delivery));
+            }
+            Some(joined) = running.join_next() => {
+                joined.map_err(|e| anyhow::anyhow!("a handler panicked: {e}"))??;
+            }
+        }
+    }
+}
