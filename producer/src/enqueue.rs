@@ -108,25 +108,22 @@ pub async fn enqueue(
     };
     let mut batch: Vec<Task> = Vec::with_capacity(args.batch_size.max(1));
     let mut published = 0u64;
-    let runtime = tokio::runtime::Handle::current();
     let batch_size = args.batch_size.max(1);
-    // Lines are read on this thread; publishing needs the async channel, so each full
-    // batch is handed over by blocking on the runtime from a blocking-safe context.
-    let outcome: anyhow::Result<()> = tokio::task::block_in_place(|| {
-        source.for_each_line(|_, line| {
-            let Ok(Some(task)) = parse_line(line, job) else {
-                return Ok(());
-            };
-            batch.push(task);
-            if batch.len() >= batch_size {
-                runtime.block_on(publish_batch(channel, exchange, &mut batch, &mut window))?;
-                published += batch_size as u64;
-                progress.set_position(published);
-            }
-            Ok(())
-        })
-    });
-    outcome?;
+    // Reading a local file blocks briefly between publishes; for a CLI that is fine and
+    // keeps memory flat: one batch of tasks exists at a time.
+    for (i, line) in source.lines()?.enumerate() {
+        let line =
+            line.with_context(|| format!("reading line {} of {}", i + 1, source.describe()))?;
+        let Ok(Some(task)) = parse_line(&line, job) else {
+            continue;
+        };
+        batch.push(task);
+        if batch.len() >= batch_size {
+            publish_batch(channel, exchange, &mut batch, &mut window).await?;
+            published += batch_size as u64;
+            progress.set_position(published);
+        }
+    }
     let rest = batch.len() as u64;
     publish_batch(channel, exchange, &mut batch, &mut window).await?;
     window.finish().await?;

@@ -104,32 +104,31 @@ impl Source {
         }
     }
 
+    /// The lines, streaming (numbered from 1 by the caller's `enumerate() + 1`).
+    pub fn lines(&self) -> anyhow::Result<Box<dyn Iterator<Item = io::Result<String>> + '_>> {
+        let open = |path: &Path| -> anyhow::Result<Box<dyn Iterator<Item = io::Result<String>>>> {
+            let file =
+                File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(Box::new(BufReader::with_capacity(1 << 16, file).lines()))
+        };
+        match self {
+            Source::Args(urls) => Ok(Box::new(urls.iter().cloned().map(Ok))),
+            Source::File(path) => open(path),
+            Source::Spooled(file) => open(file.path()),
+        }
+    }
+
     /// Calls `each(line_number, line)` for every line, streaming.
     pub fn for_each_line(
         &self,
         mut each: impl FnMut(usize, &str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let read = |path: &Path, each: &mut dyn FnMut(usize, &str) -> anyhow::Result<()>| {
-            let reader = BufReader::with_capacity(
-                1 << 16,
-                File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
-            );
-            for (i, line) in reader.lines().enumerate() {
-                let line = line.with_context(|| format!("reading line {}", i + 1))?;
-                each(i + 1, &line)?;
-            }
-            anyhow::Ok(())
-        };
-        match self {
-            Source::Args(urls) => {
-                for (i, url) in urls.iter().enumerate() {
-                    each(i + 1, url)?;
-                }
-                Ok(())
-            }
-            Source::File(path) => read(path, &mut each),
-            Source::Spooled(file) => read(file.path(), &mut each),
+        for (i, line) in self.lines()?.enumerate() {
+            let line =
+                line.with_context(|| format!("reading line {} of {}", i + 1, self.describe()))?;
+            each(i + 1, &line)?;
         }
+        Ok(())
     }
 }
 

@@ -23,19 +23,10 @@ pub async fn run(config: Config, _shutdown: CancellationToken) -> anyhow::Result
     let c = &config.common.connection;
     match &config.command {
         Command::Enqueue(args) => {
-            let store = connect_store(c).await?;
-            let conn = amqp::connect(&c.amqp_url, "producer").await?;
-            let setup = conn.create_channel().await?;
-            Topology::new(Names::new(&c.namespace), c.queue_type)
-                .declare(&setup)
-                .await?;
-            let channel = amqp::confirm_channel(&conn).await?;
-            let names = Names::new(&c.namespace);
-            let result = enqueue::enqueue(args, &channel, names.exchange(), &store).await;
-            let _ = conn.close(200, "done".into()).await;
-            let enqueued = result?;
+            let enqueued = enqueue_once(&config).await?;
             print_json(&enqueued)?;
             if args.wait {
+                let store = connect_store(c).await?;
                 let status = progress::watch(&store, enqueued.job_id, args.wait_timeout).await?;
                 print_json(&status)?;
             }
@@ -50,6 +41,25 @@ pub async fn run(config: Config, _shutdown: CancellationToken) -> anyhow::Result
             print_json(&status)
         }
     }
+}
+
+/// Runs `enqueue` (the config's command must be `Enqueue`) and returns what it enqueued.
+pub async fn enqueue_once(config: &Config) -> anyhow::Result<enqueue::Enqueued> {
+    let Command::Enqueue(args) = &config.command else {
+        anyhow::bail!("enqueue_once needs the enqueue command");
+    };
+    let c = &config.common.connection;
+    let store = connect_store(c).await?;
+    let conn = amqp::connect(&c.amqp_url, "producer").await?;
+    let names = Names::new(&c.namespace);
+    let setup = conn.create_channel().await?;
+    Topology::new(names.clone(), c.queue_type)
+        .declare(&setup)
+        .await?;
+    let channel = amqp::confirm_channel(&conn).await?;
+    let result = enqueue::enqueue(args, &channel, names.exchange(), &store).await;
+    let _ = conn.close(200, "done".into()).await;
+    result
 }
 
 async fn connect_store(c: &ConnectionArgs) -> anyhow::Result<Store> {

@@ -7,5 +7,6 @@
 //!   those documents plus error, flaky, rate-limited, slow and oversized
 //!   routes, and records every request it sees.
 
+pub mod app;
 pub mod origin;
 pub mod quotes;

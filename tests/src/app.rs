@@ -1,0 +1,316 @@
+//! `spawn_app`: the whole pipeline in this process, in a fresh namespace.
+//!
+//! Starts an [`Origin`] and the four stages through their library `run` functions (the same
+//! code the binaries run), on the real RabbitMQ and Redis. Dropping the [`App`] stops the
+//! stages and deletes the namespace's queues and Redis keys, even when a test panics.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use tokio::task::JoinHandle;
+use tributary::config::{ConnectionArgs, QueueType};
+use tributary::names::{Names, Stage};
+use tributary::shutdown::CancellationToken;
+use tributary::store::{JobStatus, Store};
+use tributary::topology::Topology;
+use uuid::Uuid;
+
+use crate::origin::{Origin, OriginOptions};
+
+/// How many of each stage to start, and extra flags for each.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub fetchers: usize,
+    pub processors: usize,
+    pub aggregators: usize,
+    pub fetcher_args: Vec<String>,
+    pub processor_args: Vec<String>,
+    pub aggregator_args: Vec<String>,
+    pub origin: OriginOptions,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            fetchers: 1,
+            processors: 1,
+            aggregators: 1,
+            fetcher_args: vec!["--retry-delays".into(), "100ms,200ms".into()],
+            processor_args: Vec::new(),
+            aggregator_args: Vec::new(),
+            origin: OriginOptions::default(),
+        }
+    }
+}
+
+struct Stage_ {
+    name: String,
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A running pipeline in its own namespace.
+pub struct App {
+    pub namespace: String,
+    pub names: Names,
+    pub store: Store,
+    pub origin: Origin,
+    stages: Vec<Stage_>,
+    cleaned: bool,
+}
+
+/// A namespace no other test uses.
+pub fn fresh_namespace(label: &str) -> String {
+    format!("t-{label}-{}", &Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// The connection flags of a namespace, for building stage configs.
+pub fn connection_flags(namespace: &str) -> Vec<String> {
+    vec!["--namespace".into(), namespace.into()]
+}
+
+impl App {
+    /// Starts the origin and the stages; returns once the topology exists.
+    pub async fn spawn(label: &str, options: AppOptions) -> anyhow::Result<App> {
+        tributary::telemetry::init(tributary::config::LogFormat::Text);
+        let namespace = fresh_namespace(label);
+        let args = ConnectionArgs::local(&namespace);
+        let names = Names::new(&namespace);
+        let store = Store::connect(&args.redis_url, names.clone(), args.result_ttl).await?;
+        let origin = Origin::start(options.origin.clone()).await?;
+        let mut app = App {
+            namespace,
+            names,
+            store,
+            origin,
+            stages: Vec::new(),
+            cleaned: false,
+        };
+        for _ in 0..options.fetchers {
+            app.start_fetcher(&options.fetcher_args)?;
+        }
+        for _ in 0..options.processors {
+            app.start_processor(&options.processor_args)?;
+        }
+        for _ in 0..options.aggregators {
+            app.start_aggregator(&options.aggregator_args)?;
+        }
+        app.wait_for_topology().await?;
+        Ok(app)
+    }
+
+    fn flags(&self, binary: &str, extra: &[String]) -> Vec<String> {
+        let mut flags = vec![binary.to_string()];
+        flags.extend(connection_flags(&self.namespace));
+        flags.extend(extra.iter().cloned());
+        flags
+    }
+
+    fn start(
+        &mut self,
+        name: &str,
+        run: impl FnOnce(CancellationToken) -> JoinHandle<anyhow::Result<()>>,
+    ) {
+        let stop = CancellationToken::new();
+        let handle = run(stop.clone());
+        self.stages.push(Stage_ {
+            name: name.to_string(),
+            stop,
+            handle,
+        });
+    }
+
+    pub fn start_fetcher(&mut self, extra: &[String]) -> anyhow::Result<()> {
+        let mut flags = self.flags("fetcher-worker", extra);
+        flags.push("--allow-private".into());
+        let config = fetcher_worker::Config::try_parse_from(flags)?;
+        self.start("fetcher", |stop| {
+            tokio::spawn(fetcher_worker::run(config, stop))
+        });
+        Ok(())
+    }
+
+    pub fn start_processor(&mut self, extra: &[String]) -> anyhow::Result<()> {
+        let config =
+            processor_worker::Config::try_parse_from(self.flags("processor-worker", extra))?;
+        self.start("processor", |stop| {
+            tokio::spawn(processor_worker::run(config, stop))
+        });
+        Ok(())
+    }
+
+    pub fn start_aggregator(&mut self, extra: &[String]) -> anyhow::Result<()> {
+        let config = aggregator::Config::try_parse_from(self.flags("aggregator", extra))?;
+        self.start("aggregator", |stop| {
+            tokio::spawn(aggregator::run(config, stop))
+        });
+        Ok(())
+    }
+
+    /// A broker connection for the test itself.
+    pub async fn broker(&self) -> anyhow::Result<lapin::Connection> {
+        let args = ConnectionArgs::local(&self.namespace);
+        Ok(tributary::amqp::connect(&args.amqp_url, "test").await?)
+    }
+
+    /// Declares the topology as every binary does, so tests that start no stage can
+    /// publish and inspect queues too.
+    async fn wait_for_topology(&self) -> anyhow::Result<()> {
+        let conn = self.broker().await?;
+        let channel = conn.create_channel().await?;
+        Topology::new(self.names.clone(), QueueType::Classic)
+            .with_retries(
+                Stage::Fetch,
+                &[Duration::from_millis(100), Duration::from_millis(200)],
+            )
+            .declare(&channel)
+            .await?;
+        let _ = conn.close(200, "ok".into()).await;
+        Ok(())
+    }
+
+    /// The producer's `enqueue`, in process, with these lines as its input file.
+    pub async fn enqueue_lines(&self, lines: &[String], extra: &[&str]) -> anyhow::Result<Uuid> {
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), lines.join("\n"))?;
+        let mut flags = vec!["producer".to_string()];
+        flags.extend(connection_flags(&self.namespace));
+        flags.extend([
+            "enqueue".into(),
+            "--file".into(),
+            file.path().display().to_string(),
+        ]);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let config = producer::Config::try_parse_from(flags)?;
+        let enqueued = producer::enqueue_once(&config).await?;
+        Ok(enqueued.job_id)
+    }
+
+    /// Waits until the job is done.
+    pub async fn wait_done(&self, job: Uuid, limit: Duration) -> anyhow::Result<JobStatus> {
+        let mut last = None;
+        let waited = tokio::time::timeout(
+            limit,
+            tributary::store::wait_until_done(&self.store, job, Duration::from_millis(50), |s| {
+                last = Some(s.clone())
+            }),
+        )
+        .await;
+        match waited {
+            Ok(status) => Ok(status?),
+            Err(_) => anyhow::bail!("job {job} not done after {limit:?}; last status {last:?}"),
+        }
+    }
+
+    /// The job's results JSON, as `aggregator results` prints it.
+    pub async fn results_json(&self, job: Uuid) -> anyhow::Result<serde_json::Value> {
+        let results = self.store.results(job).await?.context("no results")?;
+        Ok(serde_json::to_value(results)?)
+    }
+
+    /// Messages waiting in a queue.
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let conn = self.broker().await?;
+        let channel = conn.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = conn.close(200, "ok".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Stops every stage gracefully and checks each returned `Ok`.
+    pub async fn stop_stages(&mut self) -> anyhow::Result<()> {
+        for stage in &self.stages {
+            stage.stop.cancel();
+        }
+        for stage in self.stages.drain(..) {
+            let result = tokio::time::timeout(Duration::from_secs(30), stage.handle)
+                .await
+                .with_context(|| format!("{} did not stop within 30 s", stage.name))?;
+            result
+                .with_context(|| format!("{} panicked", stage.name))?
+                .with_context(|| format!("{} failed", stage.name))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the stages and deletes the namespace.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let stopped = self.stop_stages().await;
+        cleanup(&self.namespace).await?;
+        self.cleaned = true;
+        stopped
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for stage in &self.stages {
+            stage.stop.cancel();
+            stage.handle.abort();
+        }
+        if self.cleaned {
+            return;
+        }
+        let namespace = self.namespace.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for clean-up");
+            if let Err(e) = runtime.block_on(cleanup(&namespace)) {
+                eprintln!("clean-up of namespace {namespace} failed: {e:#}");
+            }
+        })
+        .join();
+    }
+}
+
+/// Deletes every queue and Redis key of a namespace.
+pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
+    let args = ConnectionArgs::local(namespace);
+    let names = Names::new(namespace);
+    let conn = tributary::amqp::connect(&args.amqp_url, "test-cleanup").await?;
+    let mut queues: Vec<String> = Stage::ALL
+        .into_iter()
+        .flat_map(|s| [names.queue(s), names.dead_queue(s)])
+        .collect();
+    for step in [
+        "50ms", "100ms", "200ms", "300ms", "500ms", "1s", "2s", "5s", "30s", "2m", "10m",
+    ] {
+        queues.push(format!("{namespace}.fetch.retry.{step}"));
+    }
+    for queue in queues {
+        let channel = conn.create_channel().await?;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let channel = conn.create_channel().await?;
+    let _ = channel
+        .exchange_delete(namespace.into(), Default::default())
+        .await;
+    let _ = conn.close(200, "cleaned".into()).await;
+
+    let client = redis::Client::open(args.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut redis)
+        .await?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+    }
+    Ok(())
+}
