@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
 use tributary::config::CommonArgs;
+use tributary::names::Stage;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Parser)]
@@ -30,6 +32,9 @@ pub enum Command {
         /// The job id.
         job_id: Uuid,
     },
+    /// Inspect, replay or purge dead letters (the `<ns>.<stage>.dead` queues).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -64,4 +69,57 @@ pub struct EnqueueArgs {
     /// With --wait: give up (exit 1) after this long (humantime, e.g. `10m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait_timeout: Option<Duration>,
+}
+
+/// `producer dlq ...`: each reads the dead-letter queues of the chosen stages (all three
+/// without `--stage`), up to the number of messages they held when the command started.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// Print matching dead letters as NDJSON, one object per line: task_id, job_id, url,
+    /// stage, error, reason, attempts, status (HTTP) and failed_at (null when unknown).
+    /// Nothing is removed and the queues keep their order.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print at most this many dead letters.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Send matching dead letters back to their stage with a fresh attempt count, then
+    /// remove them from the dead-letter queue; prints {"replayed": N}. Each is published with
+    /// a broker confirm before it is removed, so an interrupted replay loses nothing.
+    /// Non-matching dead letters stay where they are.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Move nothing: print what would be replayed as NDJSON (as `list` does), then
+        /// {"replayed": 0, "would_replay": N}.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete matching dead letters; prints {"purged": N}. Non-matching ones stay.
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilter,
+    },
+}
+
+/// Which dead letters a `dlq` command touches; every given filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct DlqFilter {
+    /// Only this stage's dead-letter queue (default: fetch, process and results).
+    #[arg(long, value_parser = stage_parser())]
+    pub stage: Option<Stage>,
+    /// Only dead letters of this job (messages without a job id never match).
+    #[arg(long)]
+    pub job_id: Option<Uuid>,
+    /// Only dead letters of this error class (`x-tributary-error`, e.g. http_status,
+    /// timeout, connect, invalid_task, invalid_payload, no_values, delivery_limit).
+    #[arg(long, value_name = "CLASS")]
+    pub error: Option<String>,
+}
+
+fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {
+    PossibleValuesParser::new(Stage::ALL.map(Stage::as_str))
+        .map(|s| Stage::parse(&s).expect("clap only passes a possible value"))
 }

@@ -1,9 +1,11 @@
-//! `producer`: enqueue jobs from the command line, files or stdin; print job status.
+//! `producer`: enqueue jobs from the command line, files or stdin; print job status; list,
+//! replay and purge dead letters.
 //!
 //! [`run`] dispatches the subcommand; `main.rs` only parses the config and installs
 //! telemetry. Everything printed on stdout is JSON.
 
 pub mod config;
+pub mod dlq;
 pub mod enqueue;
 pub mod input;
 pub mod progress;
@@ -19,7 +21,7 @@ use tributary::topology::Topology;
 pub use config::{Command, Config};
 
 /// Runs one producer command.
-pub async fn run(config: Config, _shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let c = &config.common.connection;
     match &config.command {
         Command::Enqueue(args) => {
@@ -40,6 +42,7 @@ pub async fn run(config: Config, _shutdown: CancellationToken) -> anyhow::Result
                 .with_context(|| format!("unknown job {job_id} in namespace {}", c.namespace))?;
             print_json(&status)
         }
+        Command::Dlq(command) => dlq::run(c, command, &shutdown, &mut std::io::stdout()).await,
     }
 }
 

@@ -8,7 +8,17 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing),
 /// so tests that start several stages in one process can call it freely.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default(format, "info");
+}
+
+/// lapin logs a benign "Connection error" at ERROR level whenever a connection closes while
+/// a channel is closing; its real errors reach us as `Result`s and are logged by the stage.
+const QUIET: &str = ",lapin=off";
+
+/// [`init`] with another filter when `RUST_LOG` is unset (the demo keeps quiet: `warn`).
+pub fn init_with_default(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter}{QUIET}")));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry

@@ -189,6 +189,31 @@ impl App {
         Ok(enqueued.job_id)
     }
 
+    /// The producer's `dlq ...` (`args` after `dlq`), in process; returns its stdout lines,
+    /// each parsed as JSON.
+    pub async fn dlq(&self, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut flags = vec!["producer".to_string()];
+        flags.extend(connection_flags(&self.namespace));
+        flags.push("dlq".into());
+        flags.extend(args.iter().map(|s| s.to_string()));
+        let config = producer::Config::try_parse_from(flags)?;
+        let producer::Command::Dlq(command) = &config.command else {
+            anyhow::bail!("not a dlq command: {args:?}");
+        };
+        let mut out = Vec::new();
+        producer::dlq::run(
+            &config.common.connection,
+            command,
+            &CancellationToken::new(),
+            &mut out,
+        )
+        .await?;
+        let out = String::from_utf8(out).context("dlq printed non-UTF-8")?;
+        out.lines()
+            .map(|line| serde_json::from_str(line).with_context(|| format!("not JSON: {line}")))
+            .collect()
+    }
+
     /// Waits until the job is done.
     pub async fn wait_done(&self, job: Uuid, limit: Duration) -> anyhow::Result<JobStatus> {
         let mut last = None;

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite: starts RabbitMQ and Redis if needed, runs every test against them, then
+# the tests that stop and restart the services, one at a time in their own step (they
+# would disturb every other test).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/services.sh
+cargo test --workspace
+cargo test -p tributary-tests --test restarts -- --ignored --test-threads=1
