@@ -5,11 +5,16 @@
 //! `basic.get` and leaves them unacked, and it takes at most as many as the queue held when
 //! the pass began, so dead letters that arrive meanwhile (or come back) are never read twice
 //! and a pass always ends. A matching message is then listed, replayed or deleted (acked);
-//! everything not acked returns to the queue in its original place when the pass closes its
-//! channel (the broker requeues unacked messages on channel close). So `list` and a `--dry-run`
-//! change nothing, not even the order, and `replay` and `purge` leave non-matching dead letters
-//! in place. (Closing the channel rather than nacking each one is deliberate: a nacked message
-//! goes back to the head at once, where the next `basic.get` would find it again.)
+//! everything not acked returns to the queue when the pass closes its channel (the broker
+//! requeues unacked messages on channel close; a classic queue puts each back in its original
+//! place, a quorum queue ahead of the messages it never handed out). So `list` and a
+//! `--dry-run` change nothing, not even the order, and `replay` and `purge` leave non-matching
+//! dead letters in place. (Closing the channel rather than nacking each one is deliberate: a
+//! nacked message goes back to the head at once, where the next `basic.get` would find it
+//! again.) A pass holds what it read unacked until it ends, so a pass over a very large queue
+//! must end within the broker's delivery acknowledgement timeout (`consumer_timeout`, 30 min
+//! by default); if it does not, the broker closes the channel and the command fails with
+//! everything not yet acked back in the queue.
 //!
 //! `replay` republishes the original body to the stage (exchange `<ns>`, routing key
 //! `fetch` / `process` / `results`), persistent, with the original content type, attempt 1 and
@@ -194,29 +199,41 @@ pub async fn run(
         shutdown,
         done: 0,
     };
-    let swept = sweep.run(&conn, connection, out).await;
+    let mut swept = sweep.run(&conn, connection, out).await;
     let _ = conn.close(200, "done".into()).await;
     let done = sweep.done;
-    let summary = match command {
-        DlqCommand::List { .. } => return swept,
-        DlqCommand::Replay { dry_run: true, .. } => {
-            serde_json::json!({"replayed": 0, "would_replay": done})
-        }
-        DlqCommand::Replay { .. } => serde_json::json!({ "replayed": done }),
-        DlqCommand::Purge { .. } => serde_json::json!({ "purged": done }),
-    };
     if done > 0 {
-        swept.with_context(|| format!("stopped after {verb} {done} dead letter(s)"))?;
-    } else {
-        swept?;
+        swept = swept.with_context(|| format!("stopped after {verb} {done} dead letter(s)"));
     }
-    emit(out, &summary)
+    let summary = match command {
+        DlqCommand::List { .. } => None,
+        DlqCommand::Replay { dry_run: true, .. } => {
+            Some(serde_json::json!({"replayed": 0, "would_replay": done}))
+        }
+        DlqCommand::Replay { .. } => Some(serde_json::json!({ "replayed": done })),
+        DlqCommand::Purge { .. } => Some(serde_json::json!({ "purged": done })),
+    };
+    let printed = swept.and_then(|()| summary.map_or(Ok(()), |line| emit(out, &line)));
+    match printed {
+        // Whoever read stdout (`dlq list | head`) has seen enough: not an error.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Writes one JSON line.
 fn emit(out: &mut impl Write, value: &impl Serialize) -> anyhow::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")?;
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    out.write_all(&line)?;
     out.flush()?;
     Ok(())
 }
@@ -487,6 +504,30 @@ mod tests {
         assert_eq!(dead.attempts, Some(10));
         assert_eq!(dead.stage.as_deref(), Some("process"));
         assert!(dead.reason.unwrap().contains("ns.process"));
+    }
+
+    /// A stdout whose reader has gone.
+    struct ClosedPipe;
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_end_in_newlines_and_a_closed_pipe_is_recognised() {
+        let mut out = Vec::new();
+        emit(&mut out, &serde_json::json!({"purged": 2})).unwrap();
+        emit(&mut out, &serde_json::json!({"purged": 3})).unwrap();
+        assert_eq!(out, b"{\"purged\":2}\n{\"purged\":3}\n");
+        let closed = emit(&mut ClosedPipe, &serde_json::json!({})).unwrap_err();
+        assert!(is_broken_pipe(&closed.context("listing")));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("broker: gone")));
     }
 
     #[test]

@@ -25,5 +25,5 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn tributary_error_line(e: &anyhow::Error) -> String {
-    crate::error::one_line(&format!("{e:#}"))
+    crate::error::chain(e.as_ref())
 }

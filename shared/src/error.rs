@@ -150,6 +150,22 @@ fn http_reason(status: u16) -> &'static str {
 
 const MAX_LINE: usize = 300;
 
+/// An error and its sources on one line, `: `-separated, skipping a source whose text the
+/// line already holds (many libraries print their source inside their own message too).
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = e.source();
+    }
+    one_line(&line)
+}
+
 /// Collapses a message to one line of at most 300 characters.
 pub fn one_line(s: &str) -> String {
     let flat: String = s
@@ -320,6 +336,15 @@ mod tests {
     fn delays_parse() {
         assert_eq!(parse_delays("200ms, 1s").unwrap(), vec![ms(200), ms(1000)]);
         assert!(parse_delays("soon").is_err());
+    }
+
+    #[test]
+    fn chains_skip_repeated_sources() {
+        let io = std::io::Error::other("connection refused");
+        let wrapped = anyhow::Error::new(io).context("broker at x: connection refused");
+        assert_eq!(chain(wrapped.as_ref()), "broker at x: connection refused");
+        let plain = anyhow::Error::msg("inner").context("outer");
+        assert_eq!(chain(plain.as_ref()), "outer: inner");
     }
 
     #[test]

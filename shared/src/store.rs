@@ -320,19 +320,30 @@ fn parse_lua_number(s: &str) -> Option<f64> {
     }
 }
 
-/// Waits until `job` is done, calling `progress` with each status it sees.
+/// Waits until `job` is done, calling `progress` with each status it sees. Rides out
+/// Redis hiccups; gives up after 30 failed polls in a row.
 pub async fn wait_until_done(
     store: &Store,
     job: Uuid,
     poll: Duration,
     mut progress: impl FnMut(&JobStatus),
 ) -> Result<JobStatus, StoreError> {
+    let mut failures = 0;
     loop {
-        if let Some(status) = store.status(job).await? {
-            progress(&status);
-            if status.done {
-                return Ok(status);
+        match store.status(job).await {
+            Ok(Some(status)) => {
+                failures = 0;
+                progress(&status);
+                if status.done {
+                    return Ok(status);
+                }
             }
+            Ok(None) => failures = 0,
+            Err(e) if failures < 30 => {
+                failures += 1;
+                tracing::debug!("status poll failed ({failures}): {e}");
+            }
+            Err(e) => return Err(e),
         }
         tokio::time::sleep(poll).await;
     }

@@ -72,7 +72,7 @@ where
                 Ok(pair) => pair,
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(attempt = backoff.attempts(), "{name}: cannot start: {e:#}; retrying in {wait:?}");
+                    tracing::warn!(attempt = backoff.attempts(), "{name}: cannot start: {}; retrying in {wait:?}", crate::error::chain(e.as_ref()));
                     sleep_unless_cancelled(wait, &shutdown).await;
                     continue;
                 }
@@ -100,7 +100,10 @@ where
             Err(e) => {
                 let _ = conn.close(320, "session failed".into()).await;
                 let wait = backoff.next_delay();
-                tracing::warn!("{name}: session lost: {e:#}; reconnecting in {wait:?}");
+                tracing::warn!(
+                    "{name}: session lost: {}; reconnecting in {wait:?}",
+                    crate::error::chain(e.as_ref())
+                );
                 sleep_unless_cancelled(wait, &shutdown).await;
             }
         }

@@ -312,7 +312,7 @@ pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
         .flat_map(|s| [names.queue(s), names.dead_queue(s)])
         .collect();
     for step in [
-        "50ms", "100ms", "200ms", "300ms", "500ms", "1s", "2s", "5s", "30s", "2m", "10m",
+        "50ms", "100ms", "200ms", "300ms", "500ms", "1s", "2s", "3s", "5s", "30s", "2m", "10m",
     ] {
         queues.push(format!("{namespace}.fetch.retry.{step}"));
     }

@@ -9,4 +9,5 @@
 
 pub mod app;
 pub mod origin;
+pub mod procs;
 pub mod quotes;

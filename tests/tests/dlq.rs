@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tributary::amqp;
 use tributary::deadletter::DeadInfo;
 use tributary::names::Stage;
+use tributary::shutdown::CancellationToken;
 use tributary_tests::app::{App, AppOptions};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;
@@ -325,6 +326,28 @@ async fn purge_deletes_only_what_matches() {
     wait_dead(&app, Stage::Process, 1).await;
     let fetch_before = snapshot(&app, Stage::Fetch).await;
     let a_listed = dlq(&app, &["list", "--job-id", &job_a.to_string()]).await;
+
+    // Asked to stop before it starts (SIGINT), purge stops at once and deletes nothing.
+    let config = producer::Config::try_parse_from([
+        "producer",
+        "--namespace",
+        &app.namespace,
+        "dlq",
+        "purge",
+    ])
+    .unwrap();
+    let producer::Command::Dlq(command) = &config.command else {
+        unreachable!("a dlq command")
+    };
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let mut out = Vec::new();
+    let err = producer::dlq::run(&config.common.connection, command, &stop, &mut out)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("interrupted"), "{err:#}");
+    assert!(out.is_empty());
+    assert_eq!(snapshot(&app, Stage::Fetch).await, fetch_before);
 
     let purged = dlq(&app, &["purge", "--job-id", &job_a.to_string()]).await;
     assert_eq!(purged, [json!({"purged": 3})]);

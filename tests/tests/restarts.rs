@@ -1,0 +1,168 @@
+//! Crash and restart safety. These tests SIGKILL workers, stop and start RabbitMQ, and drop
+//! every Redis connection, so they are `#[ignore]`d in the parallel run and run on their own
+//! step, one at a time: `cargo test -p tributary-tests --test restarts -- --ignored
+//! --test-threads=1` (`scripts/test.sh` does it).
+
+use std::process::Command;
+use std::time::Duration;
+
+use tributary_tests::app::{App, AppOptions};
+use tributary_tests::origin::OriginOptions;
+use tributary_tests::procs::Worker;
+use tributary_tests::quotes::{assert_close, expected_aggregate};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn quote_lines(app: &App, n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| app.origin.url(&format!("/quotes/{i}.json")))
+        .collect()
+}
+
+fn slow_origin() -> AppOptions {
+    AppOptions {
+        fetchers: 0,
+        processors: 0,
+        aggregators: 0,
+        origin: OriginOptions {
+            latency: Some(Duration::from_millis(20)),
+        },
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "kills worker processes; run in the serial step"]
+async fn sigkilled_workers_lose_nothing_and_count_nothing_twice() {
+    let app = App::spawn("chaos", slow_origin()).await.unwrap();
+    let ns = app.namespace.clone();
+    let fetcher_args = [
+        "--allow-private",
+        "--concurrency",
+        "32",
+        "--retry-delays",
+        "100ms",
+    ];
+    let mut workers = vec![
+        Worker::start("fetcher-worker", &ns, &fetcher_args).unwrap(),
+        Worker::start("fetcher-worker", &ns, &fetcher_args).unwrap(),
+        Worker::start("processor-worker", &ns, &[]).unwrap(),
+        Worker::start("aggregator", &ns, &[]).unwrap(),
+    ];
+    let n = 4000;
+    let job = app.enqueue_lines(&quote_lines(&app, n), &[]).await.unwrap();
+    for round in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let victim = &mut workers[round % 4];
+        eprintln!(
+            "round {round}: SIGKILL {} (pid {})",
+            victim.binary,
+            victim.pid()
+        );
+        victim.crash_and_restart().unwrap();
+    }
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!(
+        (
+            status.total,
+            status.fetched,
+            status.processed,
+            status.aggregated,
+            status.dead,
+            status.retrying
+        ),
+        (n, n, n, n, 0, 0),
+        "{status:?}"
+    );
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+    for worker in workers {
+        let name = worker.binary.clone();
+        let exit = worker.terminate(Duration::from_secs(30)).unwrap();
+        assert!(exit.success(), "{name} exited with {exit} after SIGTERM");
+    }
+    app.shutdown().await.unwrap();
+}
+
+fn rabbitmqctl(arg: &str) -> Result<(), String> {
+    match Command::new("rabbitmqctl").arg(arg).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "stops and starts RabbitMQ; run in the serial step"]
+async fn workers_ride_out_a_broker_restart() {
+    if let Err(e) = rabbitmqctl("status") {
+        eprintln!("SKIPPED: this test cannot control the broker with rabbitmqctl: {e}");
+        return;
+    }
+    let app = App::spawn(
+        "broker-restart",
+        AppOptions {
+            origin: OriginOptions {
+                latency: Some(Duration::from_millis(20)),
+            },
+            fetcher_args: vec!["--concurrency".into(), "32".into()],
+            ..AppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let n = 3000;
+    let job = app.enqueue_lines(&quote_lines(&app, n), &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rabbitmqctl("stop_app").expect("rabbitmqctl stop_app");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl("start_app").expect("rabbitmqctl start_app");
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (n, 0), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "drops every Redis client connection; run in the serial step"]
+async fn workers_ride_out_dropped_redis_connections() {
+    let app = App::spawn(
+        "redis-drop",
+        AppOptions {
+            origin: OriginOptions {
+                latency: Some(Duration::from_millis(20)),
+            },
+            fetcher_args: vec!["--concurrency".into(), "32".into()],
+            ..AppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let n = 3000;
+    let job = app.enqueue_lines(&quote_lines(&app, n), &[]).await.unwrap();
+    let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut conn)
+            .await;
+    }
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (n, 0), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+    app.shutdown().await.unwrap();
+}
