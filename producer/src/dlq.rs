@@ -24,8 +24,10 @@
 //! confirm, and only then acks the dead letter. Marking first means a fast stage that fails the
 //! task again cannot mark it dead before the replay mark lands (which would leave the job
 //! never done); if the publish fails the mark is undone. A crash at any point loses no task:
-//! at worst a task is both replayed and still dead-lettered, and replaying it again is harmless
-//! (the pipeline counts each task id once).
+//! a crash between the mark and the confirm leaves the task counted as in flight while it is
+//! still dead-lettered, one between the confirm and the ack leaves it replayed and still
+//! dead-lettered; either way running `replay` again settles it, and replaying a task twice is
+//! harmless (the pipeline counts each task id once).
 
 use std::io::Write;
 
