@@ -49,3 +49,9 @@ impl Config {
             .unwrap_or_else(|| (self.batch_messages * 4).clamp(8, 2000) as u16)
     }
 }
+
+impl tributary::cli::BinaryConfig for Config {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+}

@@ -1,14 +1,9 @@
-//! `aggregator` binary: parse config, init telemetry, run.
-
-use clap::Parser;
+//! `aggregator` binary: parse config, init telemetry, run (see `tributary::cli::main`).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = aggregator::Config::parse();
-    tributary::telemetry::init(config.common.telemetry.log_format);
-    let shutdown = tributary::shutdown::on_signals();
-    tributary::cli::exit(aggregator::run(config, shutdown).await)
+    tributary::cli::main(aggregator::run).await
 }

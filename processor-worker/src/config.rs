@@ -41,3 +41,9 @@ impl Config {
             .unwrap_or_else(|| (self.concurrency * 2).clamp(2, 1000) as u16)
     }
 }
+
+impl tributary::cli::BinaryConfig for Config {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+}

@@ -123,3 +123,9 @@ fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {
     PossibleValuesParser::new(Stage::ALL.map(Stage::as_str))
         .map(|s| Stage::parse(&s).expect("clap only passes a possible value"))
 }
+
+impl tributary::cli::BinaryConfig for Config {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+}

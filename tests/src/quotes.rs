@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 /// Number of distinct symbols; document `i` belongs to `symbol(i % SYMBOLS)`.
@@ -55,22 +54,10 @@ pub fn quote_body(i: u64) -> Bytes {
     Bytes::from(serde_json::to_vec(&quote_doc(i)).unwrap_or_default())
 }
 
-/// Expected aggregate of one symbol group.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ExpectedGroup {
-    /// Number of documents in the group.
-    pub records: u64,
-    /// Number of prices in the group.
-    pub count: u64,
-    /// Sum of the prices.
-    pub sum: f64,
-    /// Smallest price.
-    pub min: f64,
-    /// Largest price.
-    pub max: f64,
-    /// `sum / count`.
-    pub mean: f64,
-}
+/// Expected aggregate of one symbol group: the same shape the aggregator reports
+/// (`records` documents, `count` prices, `sum`, `min`, `max`, `mean = sum / count`), but
+/// computed here straight from the documents.
+pub type ExpectedGroup = tributary::stats::GroupStats;
 
 /// Expected aggregate of a job: symbol -> group.
 pub type Expected = BTreeMap<String, ExpectedGroup>;
@@ -81,14 +68,7 @@ pub type Expected = BTreeMap<String, ExpectedGroup>;
 pub fn expected_aggregate(ids: impl IntoIterator<Item = u64>) -> Expected {
     let mut out = Expected::new();
     for i in ids {
-        let g = out.entry(symbol(i)).or_insert(ExpectedGroup {
-            records: 0,
-            count: 0,
-            sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            mean: 0.0,
-        });
+        let g = out.entry(symbol(i)).or_insert_with(ExpectedGroup::empty);
         g.records += 1;
         for p in prices(i) {
             g.count += 1;

@@ -86,6 +86,28 @@ async fn sigkilled_workers_lose_nothing_and_count_nothing_twice() {
     app.shutdown().await.unwrap();
 }
 
+/// The stages in this process, against an origin slow enough that a job takes seconds.
+fn in_process_slow() -> AppOptions {
+    AppOptions {
+        origin: OriginOptions {
+            latency: Some(Duration::from_millis(20)),
+        },
+        fetcher_args: vec!["--concurrency".into(), "32".into()],
+        ..AppOptions::default()
+    }
+}
+
+/// Waits for the job, checks every task was aggregated once and the aggregate is exact.
+async fn finish_exact(app: App, job: uuid::Uuid, n: u64) {
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (n, 0), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+    app.shutdown().await.unwrap();
+}
+
 fn rabbitmqctl(arg: &str) -> Result<(), String> {
     match Command::new("rabbitmqctl").arg(arg).output() {
         Ok(out) if out.status.success() => Ok(()),
@@ -101,48 +123,22 @@ async fn workers_ride_out_a_broker_restart() {
         eprintln!("SKIPPED: this test cannot control the broker with rabbitmqctl: {e}");
         return;
     }
-    let app = App::spawn(
-        "broker-restart",
-        AppOptions {
-            origin: OriginOptions {
-                latency: Some(Duration::from_millis(20)),
-            },
-            fetcher_args: vec!["--concurrency".into(), "32".into()],
-            ..AppOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let app = App::spawn("broker-restart", in_process_slow())
+        .await
+        .unwrap();
     let n = 3000;
     let job = app.enqueue_lines(&quote_lines(&app, n), &[]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     rabbitmqctl("stop_app").expect("rabbitmqctl stop_app");
     tokio::time::sleep(Duration::from_secs(2)).await;
     rabbitmqctl("start_app").expect("rabbitmqctl start_app");
-    let status = app.wait_done(job, LIMIT).await.unwrap();
-    assert_eq!((status.aggregated, status.dead), (n, 0), "{status:?}");
-    assert_close(
-        &app.results_json(job).await.unwrap(),
-        &expected_aggregate(0..n),
-    );
-    app.shutdown().await.unwrap();
+    finish_exact(app, job, n).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "drops every Redis client connection; run in the serial step"]
 async fn workers_ride_out_dropped_redis_connections() {
-    let app = App::spawn(
-        "redis-drop",
-        AppOptions {
-            origin: OriginOptions {
-                latency: Some(Duration::from_millis(20)),
-            },
-            fetcher_args: vec!["--concurrency".into(), "32".into()],
-            ..AppOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let app = App::spawn("redis-drop", in_process_slow()).await.unwrap();
     let n = 3000;
     let job = app.enqueue_lines(&quote_lines(&app, n), &[]).await.unwrap();
     let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
@@ -158,11 +154,5 @@ async fn workers_ride_out_dropped_redis_connections() {
             .query_async(&mut conn)
             .await;
     }
-    let status = app.wait_done(job, LIMIT).await.unwrap();
-    assert_eq!((status.aggregated, status.dead), (n, 0), "{status:?}");
-    assert_close(
-        &app.results_json(job).await.unwrap(),
-        &expected_aggregate(0..n),
-    );
-    app.shutdown().await.unwrap();
+    finish_exact(app, job, n).await;
 }
