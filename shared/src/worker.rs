@@ -83,12 +83,15 @@ where
         }
         backoff.reset();
         tracing::info!(namespace = %args.namespace, "{name}: consuming");
-        let result = session(Session {
-            conn: conn.clone(),
-            store: s,
-            shutdown: shutdown.clone(),
-        })
-        .await;
+        let lost = connection_lost(conn.clone());
+        let result = tokio::select! {
+            result = session(Session {
+                conn: conn.clone(),
+                store: s,
+                shutdown: shutdown.clone(),
+            }) => result,
+            reason = lost => Err(anyhow::anyhow!("broker connection lost: {reason}")),
+        };
         match result {
             Ok(()) => {
                 let _ = conn.close(200, "shutdown".into()).await;
@@ -105,6 +108,31 @@ where
                     crate::error::chain(e.as_ref())
                 );
                 sleep_unless_cancelled(wait, &shutdown).await;
+            }
+        }
+    }
+}
+
+/// Resolves when the connection reports an error or stops being connected. A session's
+/// awaits (a publisher confirm, the next delivery) do not all notice a dead connection by
+/// themselves; this watchdog ends the session so the supervisor can reconnect.
+async fn connection_lost(conn: Arc<Connection>) -> String {
+    use futures::StreamExt;
+    let mut events = Box::pin(conn.events_listener());
+    {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(e)) => return crate::error::chain(&e),
+                    Some(_) => {}
+                    None => return "the connection's event stream ended".to_string(),
+                },
+                _ = tick.tick() => {
+                    if !conn.status().connected() {
+                        return "the connection is no longer open".to_string();
+                    }
+                }
             }
         }
     }

@@ -13,6 +13,7 @@
 //! | `GET /quotes/{i}.json`         | 200 `application/json`, [`quote_body(i)`](crate::quotes::quote_body) |
 //! | `GET /text/{i}.txt`            | 200 `text/plain`, `this is not json {i}\n`                    |
 //! | `GET /status/{code}`           | `code` with a short text body                                 |
+//! | `GET /missing/{i}.json`       | 404 until [`Origin::publish_missing`], then the quote document `i` |
 //! | `GET /flaky/{key}/{n}/{i}`     | 503 (no `Retry-After`) for the first `n` requests of `(key, i)`, then 200 quote |
 //! | `GET /retry-after/{secs}/{i}`  | 429 with `Retry-After: secs` for the first request of `(secs, i)`, then 200 quote |
 //! | `GET /big/{bytes}`             | 200, `bytes` bytes of `x`, streamed, with `Content-Length`    |
@@ -75,6 +76,8 @@ struct Shared {
     log: Mutex<Vec<RequestLog>>,
     /// Requests seen per flaky / retry-after key.
     attempts: Mutex<HashMap<String, u64>>,
+    /// Whether `/missing/{i}.json` documents exist yet.
+    missing_published: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -110,6 +113,7 @@ impl Origin {
             latency: options.latency,
             log: Mutex::new(Vec::new()),
             attempts: Mutex::new(HashMap::new()),
+            missing_published: std::sync::atomic::AtomicBool::new(false),
         });
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -174,6 +178,13 @@ impl Origin {
             .count()
     }
 
+    /// From now on `/missing/{i}.json` serves the quote document `i` instead of 404.
+    pub fn publish_missing(&self) {
+        self.shared
+            .missing_published
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Forgets the request log and the flaky / retry-after attempt
     /// counters.
     pub fn reset(&self) {
@@ -215,6 +226,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/quotes/{file}", get(quote))
         .route("/text/{file}", get(text))
+        .route("/missing/{file}", get(missing))
         .route("/status/{code}", get(status))
         .route("/flaky/{key}/{n}/{i}", get(flaky))
         .route("/retry-after/{secs}/{i}", get(retry_after))
@@ -272,6 +284,17 @@ async fn quote(Path(file): Path<String>) -> Response {
     match parse_id(&file, ".json") {
         Some(i) => quote_response(i),
         None => not_found_response(),
+    }
+}
+
+async fn missing(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Response {
+    if shared
+        .missing_published
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        quote(Path(file)).await
+    } else {
+        not_found_response()
     }
 }
 

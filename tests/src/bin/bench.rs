@@ -178,6 +178,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     })
     .await?;
 
+    let background = background_cpu(Duration::from_secs(1));
+    if let Some(busy) = background.filter(|b| *b > 25.0) {
+        eprintln!(
+            "bench: warning: the machine is busy before the start ({busy:.0}% of a core); figures will be noisy"
+        );
+    }
+
     let namespace = fresh_namespace("bench");
     eprintln!(
         "bench: namespace {namespace}, origin {}, logs in {}",
@@ -197,8 +204,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         pipeline(&ctx).await
     };
     let cleaned = cleanup(&namespace).await;
+    if let (Err(e), Err(_)) = (&cleaned, &outcome) {
+        eprintln!(
+            "bench: warning: deleting namespace {namespace}: {}",
+            one_line(&format!("{e:#}"))
+        );
+    }
     let mut report = outcome?;
-    cleaned.with_context(|| format!("deleting namespace {namespace}"))?;
+    report.background_pct = background;
+    if let Err(e) = cleaned {
+        report.problems.push(format!(
+            "deleting namespace {namespace}: {}",
+            one_line(&format!("{e:#}"))
+        ));
+    }
 
     if args.peers && !args.enqueue_only {
         origin.reset();
@@ -419,33 +438,75 @@ fn children_ticks() -> u64 {
         .unwrap_or(0)
 }
 
+/// Busy CPU time of the whole machine (user, nice, system, irq, softirq, steal of every
+/// core), in clock ticks, from `/proc/stat`.
+fn machine_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some(
+        f.get(..8)?
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .map(|(_, v)| v)
+            .sum(),
+    )
+}
+
+/// CPU the machine spends (in % of one core) over `period`, before anything starts.
+fn background_cpu(period: Duration) -> Option<f64> {
+    let ticks = environment_ticks();
+    let a = machine_ticks()?;
+    std::thread::sleep(period);
+    let b = machine_ticks()?;
+    Some(100.0 * b.saturating_sub(a) as f64 / ticks / period.as_secs_f64())
+}
+
+/// The row of CPU no tracked process accounts for: other programs on the machine.
+fn other_row(rows: &[ProcRow], machine_s: f64, window_s: f64) -> ProcRow {
+    let tracked: f64 = rows.iter().filter_map(|r| r.cpu_s).sum();
+    let other = (machine_s - tracked).max(0.0);
+    ProcRow {
+        name: "other processes (untracked)".into(),
+        pid: None,
+        peak_rss_mb: None,
+        cpu_s: Some(other),
+        cpu_pct: Some(100.0 * other / window_s.max(1e-9)),
+        warns: 0,
+        errors: 0,
+        log_samples: Vec::new(),
+        log: None,
+    }
+}
+
 /// The pid of the first process `pgrep ARGS` lists.
 fn pgrep(args: &[&str]) -> Option<u32> {
     command_line("pgrep", args).and_then(|p| p.parse().ok())
 }
 
-/// Per-pid peak memory, and an RSS time series for some of them, sampled in a thread.
-#[derive(Default)]
-struct SamplerState {
-    peaks: HashMap<u32, Peak>,
-}
-
-#[derive(Default, Clone)]
+/// Per-pid peak memory of long-running processes, sampled in a thread.
+#[derive(Default, Clone, Copy)]
 struct Peak {
     rss_kb: u64,
     hwm_kb: u64,
-    /// (seconds since the sampler started, VmRSS kB), when asked for.
-    series: Option<Vec<(f64, u64)>>,
 }
 
 impl Peak {
-    fn peak_kb(&self) -> u64 {
+    fn peak_kb(self) -> u64 {
         self.rss_kb.max(self.hwm_kb)
     }
 }
 
+type Peaks = Arc<Mutex<HashMap<u32, Peak>>>;
+
 struct Sampler {
-    state: Arc<Mutex<SamplerState>>,
+    peaks: Peaks,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -454,68 +515,52 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Folds one reading of `pid`'s memory into its peak.
+fn sample_into(peaks: &Peaks, pid: u32) {
+    if let Some((rss, hwm)) = memory_kb(pid)
+        && let Some(p) = lock(peaks).get_mut(&pid)
+    {
+        p.rss_kb = p.rss_kb.max(rss);
+        p.hwm_kb = p.hwm_kb.max(hwm);
+    }
+}
+
 impl Sampler {
     fn start() -> Sampler {
-        let state = Arc::new(Mutex::new(SamplerState::default()));
+        let peaks: Peaks = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let state = state.clone();
+            let peaks = peaks.clone();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let started = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let pids: Vec<u32> = lock(&state).peaks.keys().copied().collect();
+                    let pids: Vec<u32> = lock(&peaks).keys().copied().collect();
                     for pid in pids {
-                        if let Some((rss, hwm)) = memory_kb(pid) {
-                            let at = started.elapsed().as_secs_f64();
-                            let mut s = lock(&state);
-                            if let Some(p) = s.peaks.get_mut(&pid) {
-                                p.rss_kb = p.rss_kb.max(rss);
-                                p.hwm_kb = p.hwm_kb.max(hwm);
-                                if let Some(series) = &mut p.series {
-                                    series.push((at, rss));
-                                }
-                            }
-                        }
+                        sample_into(&peaks, pid);
                     }
                     std::thread::sleep(SAMPLE_EVERY);
                 }
             })
         };
         Sampler {
-            state,
+            peaks,
             stop,
             thread: Some(thread),
         }
     }
 
-    fn watch(&self, pid: u32, series: bool) {
-        let mut s = lock(&self.state);
-        let p = s.peaks.entry(pid).or_default();
-        if series && p.series.is_none() {
-            p.series = Some(Vec::new());
-        }
-        drop(s);
+    fn watch(&self, pid: u32) {
+        lock(&self.peaks).entry(pid).or_default();
         self.sample_now(pid);
     }
 
     /// Reads one pid's memory now (e.g. just before it is stopped).
     fn sample_now(&self, pid: u32) {
-        if let Some((rss, hwm)) = memory_kb(pid) {
-            let mut s = lock(&self.state);
-            if let Some(p) = s.peaks.get_mut(&pid) {
-                p.rss_kb = p.rss_kb.max(rss);
-                p.hwm_kb = p.hwm_kb.max(hwm);
-            }
-        }
+        sample_into(&self.peaks, pid);
     }
 
     fn peak(&self, pid: u32) -> Peak {
-        lock(&self.state)
-            .peaks
-            .get(&pid)
-            .cloned()
-            .unwrap_or_default()
+        lock(&self.peaks).get(&pid).copied().unwrap_or_default()
     }
 }
 
@@ -526,6 +571,32 @@ impl Drop for Sampler {
             let _ = t.join();
         }
     }
+}
+
+/// A short-lived child's memory: (peak kB, RSS series), read every 2 ms, since a producer
+/// may live for less than the sampler's period.
+type CloseWatch = std::thread::JoinHandle<(Option<u64>, Vec<(f64, u64)>)>;
+
+/// Watches `pid` until it has exited (its `/proc` entry has no memory any more).
+fn watch_closely(pid: u32, started: Instant) -> CloseWatch {
+    std::thread::spawn(move || {
+        let mut peak: Option<u64> = None;
+        let mut series = Vec::new();
+        let mut last_point: Option<Instant> = None;
+        while let Some((rss, hwm)) = memory_kb(pid) {
+            peak = Some(peak.unwrap_or(0).max(rss).max(hwm));
+            if last_point.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+                series.push((started.elapsed().as_secs_f64(), rss));
+                last_point = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (peak, series)
+    })
+}
+
+fn join_watch(watch: CloseWatch) -> (Option<u64>, Vec<(f64, u64)>) {
+    watch.join().unwrap_or((None, Vec::new()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -621,10 +692,17 @@ fn spawn_workers(ctx: &Ctx<'_>) -> anyhow::Result<Workers> {
     Ok(workers)
 }
 
-/// The last lines of a log, for error messages.
+/// The last error line of a log (or its last lines), for error messages.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if let Some(error) = lines
+        .iter()
+        .rev()
+        .find(|l| l.to_ascii_lowercase().contains("error"))
+    {
+        return error.trim().to_string();
+    }
     lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
@@ -805,6 +883,10 @@ struct Report {
     peer: Option<PeerResult>,
     problems: Vec<String>,
     ticks: f64,
+    /// Busy CPU of the whole machine over the window, in seconds.
+    machine_cpu_s: Option<f64>,
+    /// Busy CPU of the machine just before the run, in % of one core.
+    background_pct: Option<f64>,
 }
 
 impl Report {
@@ -901,7 +983,7 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
 
     let mut workers = spawn_workers(ctx)?;
     for w in &workers.0 {
-        sampler.watch(w.child.id(), false);
+        sampler.watch(w.child.id());
     }
     wait_for_workers(ctx, &mut workers).await?;
     eprintln!(
@@ -919,13 +1001,14 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         .collect();
     for (name, pid) in &services {
         if let Some(pid) = pid {
-            sampler.watch(*pid, false);
+            sampler.watch(*pid);
             watched.push((name.clone(), *pid));
         }
     }
-    sampler.watch(self_pid, false);
+    sampler.watch(self_pid);
     watched.push(("bench (origin, in-process)".into(), self_pid));
     let cpu_before: Vec<Option<u64>> = watched.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+    let machine_before = machine_ticks();
 
     // The measured window: from spawning the producer until Redis says done.
     let job = Uuid::new_v4();
@@ -934,7 +1017,7 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let producer = cmd.spawn().context("starting the producer")?;
     let producer_pid = producer.id();
-    sampler.watch(producer_pid, false);
+    let producer_watch = watch_closely(producer_pid, started);
     let mut producer_wait = tokio::task::spawn_blocking(move || {
         let out = producer.wait_with_output();
         (out, started.elapsed())
@@ -987,6 +1070,7 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         }
     };
     let cpu_after: Vec<Option<u64>> = watched.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+    let machine_after = machine_ticks();
     let (producer_out, enqueue_time) = producer_done.context("the producer result")?;
     let producer_out = producer_out.context("waiting for the producer")?;
     let producer_ticks = children_ticks().saturating_sub(children_before);
@@ -1032,9 +1116,17 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         Err(diff) => {
             report.verified = Some(false);
             let first: Vec<&str> = diff.lines().take(3).collect();
+            let mut first = first.join("; ");
+            if first.len() > 300 {
+                let cut = (0..=300)
+                    .rev()
+                    .find(|i| first.is_char_boundary(*i))
+                    .unwrap_or(0);
+                first.truncate(cut);
+                first.push_str(" ...");
+            }
             report.problems.push(format!(
-                "the aggregate differs from the expected one: {}",
-                first.join("; ")
+                "the aggregate differs from the expected one: {first}"
             ));
         }
     }
@@ -1045,11 +1137,11 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     for w in &workers.0 {
         sampler.sample_now(w.child.id());
     }
-    let producer_peak = sampler.peak(producer_pid);
+    let (producer_peak, _) = join_watch(producer_watch);
     report.processes.push(ProcRow {
         name: "producer".into(),
         pid: Some(producer_pid),
-        peak_rss_mb: Some(kb_to_mb(producer_peak.peak_kb())),
+        peak_rss_mb: producer_peak.map(kb_to_mb),
         cpu_s: Some(producer_ticks as f64 / ticks),
         cpu_pct: Some(100.0 * producer_ticks as f64 / ticks / report.enqueue_s.max(1e-9)),
         warns: 0,
@@ -1093,6 +1185,13 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             });
         }
     }
+    report.machine_cpu_s = machine_before
+        .zip(machine_after)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / ticks);
+    if let Some(machine) = report.machine_cpu_s {
+        let row = other_row(&report.processes, machine, window);
+        report.processes.push(row);
+    }
     drop(sampler);
     report.problems.extend(stop_workers(&mut workers));
     for row in &mut report.processes {
@@ -1111,19 +1210,19 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
 async fn enqueue_only(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let ticks = environment_ticks();
     let file = url_file(ctx)?;
-    let sampler = Sampler::start();
     let services = service_pids();
     let cpu_before: Vec<Option<u64>> = services
         .iter()
         .map(|(_, p)| p.and_then(cpu_ticks))
         .collect();
+    let machine_before = machine_ticks();
     let job = Uuid::new_v4();
     let mut cmd = producer_command(ctx, file.path(), job)?;
     let children_before = children_ticks();
     let started = Instant::now();
     let producer = cmd.spawn().context("starting the producer")?;
     let pid = producer.id();
-    sampler.watch(pid, true);
+    let watch = watch_closely(pid, started);
     let (out, elapsed) = tokio::task::spawn_blocking(move || {
         let out = producer.wait_with_output();
         (out, started.elapsed())
@@ -1135,6 +1234,7 @@ async fn enqueue_only(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         .iter()
         .map(|(_, p)| p.and_then(cpu_ticks))
         .collect();
+    let machine_after = machine_ticks();
     let producer_ticks = children_ticks().saturating_sub(children_before);
     if !out.status.success() {
         bail!(
@@ -1144,8 +1244,7 @@ async fn enqueue_only(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         );
     }
     let enqueued = parse_enqueued(&out.stdout, job, ctx.args.urls)?;
-    let peak = sampler.peak(pid);
-    drop(sampler);
+    let (peak, series) = join_watch(watch);
     let enqueue_s = elapsed.as_secs_f64();
     let mut report = Report {
         mode: "enqueue-only",
@@ -1153,13 +1252,13 @@ async fn enqueue_only(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         enqueued,
         enqueue_s,
         ticks,
-        rss_series: peak.series.clone().unwrap_or_default(),
+        rss_series: series,
         ..Report::default()
     };
     report.processes.push(ProcRow {
         name: "producer".into(),
         pid: Some(pid),
-        peak_rss_mb: Some(kb_to_mb(peak.peak_kb())),
+        peak_rss_mb: peak.map(kb_to_mb),
         cpu_s: Some(producer_ticks as f64 / ticks),
         cpu_pct: Some(100.0 * producer_ticks as f64 / ticks / enqueue_s.max(1e-9)),
         warns: 0,
@@ -1183,6 +1282,13 @@ async fn enqueue_only(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             log_samples: Vec::new(),
             log: None,
         });
+    }
+    report.machine_cpu_s = machine_before
+        .zip(machine_after)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / ticks);
+    if let Some(machine) = report.machine_cpu_s {
+        let row = other_row(&report.processes, machine, enqueue_s);
+        report.processes.push(row);
     }
     drop(file);
     Ok(report)
@@ -1237,8 +1343,8 @@ async fn run_peer(ctx: &Ctx<'_>) -> PeerResult {
         "bench: running the aiohttp peer with {} URLs",
         ctx.args.urls
     );
-    let sampler = Sampler::start();
     let children_before = children_ticks();
+    let started = Instant::now();
     let spawned = Command::new(python)
         .arg(&script)
         .arg(ctx.args.urls.to_string())
@@ -1256,12 +1362,11 @@ async fn run_peer(ctx: &Ctx<'_>) -> PeerResult {
             return result;
         }
     };
-    let pid = child.id();
-    sampler.watch(pid, false);
+    let watch = watch_closely(child.id(), started);
     let waited = tokio::task::spawn_blocking(move || child.wait_with_output()).await;
     let ticks = environment_ticks();
     result.cpu_s = Some(children_ticks().saturating_sub(children_before) as f64 / ticks);
-    result.peak_rss_mb = Some(kb_to_mb(sampler.peak(pid).peak_kb()));
+    result.peak_rss_mb = join_watch(watch).0.map(kb_to_mb);
     let out = match waited {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
@@ -1352,6 +1457,14 @@ fn print_report(args: &Args, env: &Env, r: &Report) {
         ),
     );
     line(&mut out, format!("date      {}", env.date));
+    if let Some(b) = r.background_pct {
+        line(
+            &mut out,
+            format!(
+                "before    {b:.0}% of a core busy (whole machine) in the second before the run"
+            ),
+        );
+    }
     line(&mut out, format!("command   {}", env.command));
     line(
         &mut out,
@@ -1577,6 +1690,8 @@ fn report_json(args: &Args, env: &Env, r: &Report) -> Value {
         "producer_rss_series_mb": r.rss_series.iter().map(|(t, kb)| json!([round2(*t), round1(kb_to_mb(*kb))])).collect::<Vec<_>>(),
         "peer": peer,
         "clock_ticks_per_s": r.ticks,
+        "machine_cpu_s_in_window": r.machine_cpu_s.map(round2),
+        "background_cpu_pct_before": r.background_pct.map(round1),
     })
 }
 
