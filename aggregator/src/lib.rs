@@ -14,6 +14,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions};
 use tributary::amqp::{self, confirm_channel};
 use tributary::deadletter::{TaskRef, dead_properties};
 use tributary::message::{CONTENT_TYPE_RESULTS, ResultBatch};
+use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
 use tributary::shutdown::CancellationToken;
 use tributary::store::{Store, by_job};
@@ -41,6 +42,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 async fn consume(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tributary::metrics::serve_if_asked(&config.worker, &shutdown).await?;
     let names = Names::new(&config.common.connection.namespace);
     let topology = Topology::new(names.clone(), config.common.connection.queue_type);
     let connection = config.common.connection.clone();
@@ -121,6 +123,8 @@ async fn apply_batch(
         .map(|item| (item.job_id, item));
     for (job, items) in by_job(items) {
         let applied = store.apply(job, &items).await?;
+        metrics().consumed(Stage::Results, items.len() as u64);
+        metrics().succeeded(Stage::Results, applied);
         tracing::debug!(%job, tasks = items.len(), applied, "applied results");
     }
     Ok(())

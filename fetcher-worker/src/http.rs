@@ -72,8 +72,19 @@ impl Http {
         })
     }
 
-    /// Downloads one task's URL.
+    /// Downloads one task's URL, recording the response in the metrics.
     pub async fn fetch(&self, task: &Task) -> Result<Fetched, Failure> {
+        let started = std::time::Instant::now();
+        let result = self.download(task).await;
+        let (status, bytes) = match &result {
+            Ok(f) => (Some(f.status), f.body.len()),
+            Err(failure) => (failure.http_status, 0),
+        };
+        tributary::metrics::metrics().fetched(status, bytes, started.elapsed());
+        result
+    }
+
+    async fn download(&self, task: &Task) -> Result<Fetched, Failure> {
         let url = check_url(&task.url)?;
         if !self.options.allow_private
             && let Err(blocked) = guard::check_literal(&url)

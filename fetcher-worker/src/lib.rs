@@ -20,6 +20,7 @@ pub use config::Config;
 
 /// Runs the fetcher until `shutdown` is cancelled and in-flight work is settled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tributary::metrics::serve_if_asked(&config.worker, &shutdown).await?;
     let names = Names::new(&config.common.connection.namespace);
     let policy = config.retry_policy();
     let http = http::Http::new(http::HttpOptions {

@@ -28,6 +28,7 @@ use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_TASK, Payload, PayloadHeader, Task, TaskEntry,
     decode_tasks, encode_payloads, now_ms,
 };
+use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
 use tributary::store::{Mark, Store};
 use tributary::worker::{Drain, Session};
@@ -112,6 +113,7 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
             disposals.push(sink.flush(std::mem::take(&mut batch)));
         }
         let linger = batch.deadline;
+        metrics().set_in_flight(Stage::Fetch, fetches.len());
         tokio::select! {
             _ = session.shutdown.cancelled(), if !drain.draining() => {
                 drain.begin();
@@ -135,6 +137,7 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     continue;
                 }
+                metrics().consumed(Stage::Fetch, entries.len() as u64);
                 deliveries.insert(tag, Delivery { acker: delivery.acker, remaining: entries.len() });
                 for entry in entries {
                     match entry {
@@ -261,6 +264,7 @@ impl Sink {
                 .iter()
                 .map(|p| (p.header.job_id, p.header.task_id));
             store.mark_many(Mark::Fetched, tasks).await?;
+            metrics().succeeded(Stage::Fetch, batch.tags.len() as u64);
             Ok(batch.tags)
         })
     }
@@ -312,6 +316,10 @@ impl Sink {
             .await?;
             if let (Some(job), Some(task)) = (failed.task.job_id, failed.task.task_id) {
                 store.mark(job, mark, &[task]).await?;
+            }
+            match mark {
+                Mark::Retrying => metrics().retried(Stage::Fetch, failed.failure.class),
+                _ => metrics().dead(Stage::Fetch, failed.failure.class),
             }
             Ok(vec![tag])
         })

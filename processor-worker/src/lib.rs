@@ -17,6 +17,7 @@ use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, Payload, ResultBatch, TaskResult, decode_payloads,
     encode_payloads,
 };
+use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
 use tributary::processor::{JsonStats, Processor};
 use tributary::shutdown::CancellationToken;
@@ -39,6 +40,7 @@ pub async fn run_with(
     processor: Arc<dyn Processor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    tributary::metrics::serve_if_asked(&config.worker, &shutdown).await?;
     let names = Names::new(&config.common.connection.namespace);
     let topology = Topology::new(names.clone(), config.common.connection.queue_type);
     let connection = config.common.connection.clone();
@@ -141,6 +143,12 @@ async fn handle(
             Ok(result) => results.push(result),
             Err(failure) => dead.push((payload, failure)),
         }
+    }
+    let m = metrics();
+    m.consumed(Stage::Process, (results.len() + dead.len()) as u64);
+    m.succeeded(Stage::Process, results.len() as u64);
+    for (_, failure) in &dead {
+        m.dead(Stage::Process, failure.class);
     }
     let done: Vec<(uuid::Uuid, uuid::Uuid)> =
         results.iter().map(|r| (r.job_id, r.task_id)).collect();

@@ -80,6 +80,10 @@ pub struct WorkerArgs {
     /// Unacked messages the broker may push to this worker (AMQP prefetch).
     #[arg(long, env = "TRIBUTARY_PREFETCH")]
     pub prefetch: Option<u16>,
+
+    /// Serve /metrics, /livez and /readyz on this address (e.g. `0.0.0.0:9100`; off by default).
+    #[arg(long, env = "TRIBUTARY_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

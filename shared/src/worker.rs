@@ -83,6 +83,8 @@ where
         }
         backoff.reset();
         tracing::info!(namespace = %args.namespace, "{name}: consuming");
+        crate::metrics::register_store(&s);
+        crate::metrics::broker_session(true);
         let lost = connection_lost(conn.clone());
         let result = tokio::select! {
             result = session(Session {
@@ -92,6 +94,7 @@ where
             }) => result,
             reason = lost => Err(anyhow::anyhow!("broker connection lost: {reason}")),
         };
+        crate::metrics::broker_session(false);
         match result {
             Ok(()) => {
                 let _ = conn.close(200, "shutdown".into()).await;

@@ -108,6 +108,19 @@ async fn finish_exact(app: App, job: uuid::Uuid, n: u64) {
     app.shutdown().await.unwrap();
 }
 
+/// Polls `url` until it answers `status` (true) or 20 s pass (false).
+async fn wait_for_status(url: &str, status: u16) -> bool {
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().as_u16() == status
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn rabbitmqctl(arg: &str) -> Result<(), String> {
     match Command::new("rabbitmqctl").arg(arg).output() {
         Ok(out) if out.status.success() => Ok(()),
@@ -123,15 +136,36 @@ async fn workers_ride_out_a_broker_restart() {
         eprintln!("SKIPPED: this test cannot control the broker with rabbitmqctl: {e}");
         return;
     }
-    let app = App::spawn("broker-restart", in_process_slow())
-        .await
-        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let mut options = in_process_slow();
+    options
+        .fetcher_args
+        .extend(["--metrics-listen".into(), format!("127.0.0.1:{port}")]);
+    let app = App::spawn("broker-restart", options).await.unwrap();
     let n = 3000;
     let job = app.enqueue_lines(&quote_lines(&app, n), &[]).await.unwrap();
+    assert!(
+        wait_for_status(&readyz, 200).await,
+        "/readyz never said ready"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     rabbitmqctl("stop_app").expect("rabbitmqctl stop_app");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let not_ready = wait_for_status(&readyz, 503).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     rabbitmqctl("start_app").expect("rabbitmqctl start_app");
+    assert!(
+        not_ready,
+        "/readyz did not turn 503 while RabbitMQ was stopped"
+    );
+    assert!(
+        wait_for_status(&readyz, 200).await,
+        "/readyz did not recover"
+    );
     finish_exact(app, job, n).await;
 }
 

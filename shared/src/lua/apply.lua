@@ -3,46 +3,64 @@
 -- ARGV[1] = TTL in seconds, ARGV[2] = now (ms), then per task:
 --   task_id, enqueued_ms ('' if unknown), n, then n times: group records count sum min max
 -- A group's value is "records count sum min max" (%.17g, so doubles round-trip).
--- Returns how many tasks were applied now (0 for a redelivered batch).
+-- The records of the batch's fresh tasks are merged per group in Lua first, so each group
+-- is read and written once per call. Returns how many tasks were applied now (0 for a
+-- redelivered batch).
 local now = tonumber(ARGV[2])
 local applied = 0
+local acc = {}
+local order = {}
+local latency = {}
 local i = 3
 while i <= #ARGV do
   local task = ARGV[i]
   local enqueued = tonumber(ARGV[i + 1])
   local n = tonumber(ARGV[i + 2])
   i = i + 3
-  local fresh = advance(task, 3)
-  if fresh then
+  if advance(task, 3) then
     applied = applied + 1
     for g = 0, n - 1 do
       local base = i + g * 6
       local group = ARGV[base]
-      local records = tonumber(ARGV[base + 1])
-      local count = tonumber(ARGV[base + 2])
-      local sum = tonumber(ARGV[base + 3])
-      local min = tonumber(ARGV[base + 4])
-      local max = tonumber(ARGV[base + 5])
-      local old = redis.call('HGET', KEYS[3], group)
-      if old then
-        local r, c, s, lo, hi = string.match(old, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
-        records = records + tonumber(r)
-        count = count + tonumber(c)
-        sum = sum + tonumber(s)
-        if tonumber(lo) < min then min = tonumber(lo) end
-        if tonumber(hi) > max then max = tonumber(hi) end
+      local a = acc[group]
+      if not a then
+        a = { 0, 0, 0, math.huge, -math.huge }
+        acc[group] = a
+        order[#order + 1] = group
       end
-      redis.call('HSET', KEYS[3], group, string.format('%d %d %.17g %.17g %.17g',
-        records, count, sum, min, max))
+      a[1] = a[1] + tonumber(ARGV[base + 1])
+      a[2] = a[2] + tonumber(ARGV[base + 2])
+      a[3] = a[3] + tonumber(ARGV[base + 3])
+      local lo = tonumber(ARGV[base + 4])
+      local hi = tonumber(ARGV[base + 5])
+      if lo < a[4] then a[4] = lo end
+      if hi > a[5] then a[5] = hi end
     end
     if enqueued then
       local ms = now - enqueued
       if ms < 0 then ms = 0 end
       local bucket = math.floor(math.log(ms + 1) / math.log(2) * 4)
-      redis.call('HINCRBY', KEYS[4], bucket, 1)
+      latency[bucket] = (latency[bucket] or 0) + 1
     end
   end
   i = i + n * 6
 end
+for _, group in ipairs(order) do
+  local a = acc[group]
+  local old = redis.call('HGET', KEYS[3], group)
+  if old then
+    local r, c, s, lo, hi = string.match(old, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+    a[1] = a[1] + tonumber(r)
+    a[2] = a[2] + tonumber(c)
+    a[3] = a[3] + tonumber(s)
+    if tonumber(lo) < a[4] then a[4] = tonumber(lo) end
+    if tonumber(hi) > a[5] then a[5] = tonumber(hi) end
+  end
+  redis.call('HSET', KEYS[3], group, string.format('%d %d %.17g %.17g %.17g', a[1], a[2], a[3], a[4], a[5]))
+end
+for bucket, count in pairs(latency) do
+  redis.call('HINCRBY', KEYS[4], bucket, count)
+end
+flush_bumps()
 touch(tonumber(ARGV[1]), 1, 4)
 return applied

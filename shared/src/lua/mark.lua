@@ -14,5 +14,6 @@ for i = 3, #ARGV do
   else return redis.error_reply('unknown mark operation ' .. tostring(op)) end
   if did then changed = changed + 1 end
 end
+flush_bumps()
 touch(tonumber(ARGV[2]), 1, 2)
 return changed

@@ -14,8 +14,18 @@ local function put_state(task, level, flag)
   redis.call('HSET', KEYS[2], task, level + 10 * flag)
 end
 
+-- Counter changes are summed here and written once per field at the end of a script
+-- (flush_bumps), not once per task.
+local BUMPS = {}
+
 local function bump(field, by)
-  redis.call('HINCRBY', KEYS[1], field, by)
+  BUMPS[field] = (BUMPS[field] or 0) + by
+end
+
+local function flush_bumps()
+  for field, by in pairs(BUMPS) do
+    if by ~= 0 then redis.call('HINCRBY', KEYS[1], field, by) end
+  end
 end
 
 -- The task reached stage level `target`; true if that is news.

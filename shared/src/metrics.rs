@@ -1,0 +1,309 @@
+//! Prometheus metrics and health endpoints of a long-running binary.
+//!
+//! One process-wide registry ([`metrics`]); stages count into it. `--metrics-listen ADDR`
+//! serves `/metrics` (Prometheus text), `/livez` (the process is up) and `/readyz` (200 only
+//! while connected to the broker and Redis answers). Labels are bounded: stage, error class,
+//! HTTP status code; never a URL, host or job id.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ErrorClass;
+use crate::names::Stage;
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub stage: &'static str,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: String,
+}
+
+/// Every metric tributary exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    consumed: Family<StageLabel, Counter>,
+    succeeded: Family<StageLabel, Counter>,
+    retried: Family<FailureLabels, Counter>,
+    dead: Family<FailureLabels, Counter>,
+    in_flight: Family<StageLabel, Gauge>,
+    queue_depth: Family<QueueLabel, Gauge>,
+    http_responses: Family<StatusLabel, Counter>,
+    fetched_bytes: Counter,
+    fetch_seconds: Histogram,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("tributary");
+        let m = Self {
+            registry: Registry::default(),
+            consumed: Family::default(),
+            succeeded: Family::default(),
+            retried: Family::default(),
+            dead: Family::default(),
+            in_flight: Family::default(),
+            queue_depth: Family::default(),
+            http_responses: Family::default(),
+            fetched_bytes: Counter::default(),
+            fetch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        };
+        registry.register(
+            "tasks_consumed",
+            "Tasks taken from a stage queue",
+            m.consumed.clone(),
+        );
+        registry.register(
+            "tasks_succeeded",
+            "Tasks a stage passed on",
+            m.succeeded.clone(),
+        );
+        registry.register(
+            "tasks_retried",
+            "Tasks sent to a delay queue, by error class",
+            m.retried.clone(),
+        );
+        registry.register(
+            "tasks_dead",
+            "Tasks dead-lettered, by error class",
+            m.dead.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Tasks (fetch) or messages (process) being worked on",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Messages ready in a stage queue, sampled",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "http_responses",
+            "Origin responses by status code",
+            m.http_responses.clone(),
+        );
+        registry.register(
+            "fetched_bytes",
+            "Body bytes downloaded",
+            m.fetched_bytes.clone(),
+        );
+        registry.register(
+            "fetch_duration_seconds",
+            "Time to download one task",
+            m.fetch_seconds.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn consumed(&self, stage: Stage, n: u64) {
+        self.consumed
+            .get_or_create(&StageLabel {
+                stage: stage.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn succeeded(&self, stage: Stage, n: u64) {
+        self.succeeded
+            .get_or_create(&StageLabel {
+                stage: stage.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn retried(&self, stage: Stage, class: ErrorClass) {
+        let labels = FailureLabels {
+            stage: stage.as_str(),
+            class: class.as_str(),
+        };
+        self.retried.get_or_create(&labels).inc();
+    }
+
+    pub fn dead(&self, stage: Stage, class: ErrorClass) {
+        let labels = FailureLabels {
+            stage: stage.as_str(),
+            class: class.as_str(),
+        };
+        self.dead.get_or_create(&labels).inc();
+    }
+
+    pub fn set_in_flight(&self, stage: Stage, n: usize) {
+        self.in_flight
+            .get_or_create(&StageLabel {
+                stage: stage.as_str(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_queue_depth(&self, queue: &str, n: u32) {
+        self.queue_depth
+            .get_or_create(&QueueLabel {
+                queue: queue.to_string(),
+            })
+            .set(i64::from(n));
+    }
+
+    /// One origin response (any status) and how long the download took.
+    pub fn fetched(&self, status: Option<u16>, bytes: usize, took: Duration) {
+        if let Some(status) = status {
+            self.http_responses
+                .get_or_create(&StatusLabel { status })
+                .inc();
+        }
+        self.fetched_bytes.inc_by(bytes as u64);
+        self.fetch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Broker sessions currently up in this process (set by `worker::supervise`).
+static BROKER_SESSIONS: AtomicI64 = AtomicI64::new(0);
+static EVER_CONNECTED: AtomicBool = AtomicBool::new(false);
+static STORE: OnceLock<Store> = OnceLock::new();
+
+/// A session started (`up`) or ended.
+pub fn broker_session(up: bool) {
+    if up {
+        BROKER_SESSIONS.fetch_add(1, Ordering::SeqCst);
+        EVER_CONNECTED.store(true, Ordering::SeqCst);
+    } else {
+        BROKER_SESSIONS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The store `/readyz` pings.
+pub fn register_store(store: &Store) {
+    let _ = STORE.set(store.clone());
+}
+
+async fn ready() -> impl IntoResponse {
+    if BROKER_SESSIONS.load(Ordering::SeqCst) <= 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker\n",
+        );
+    }
+    let Some(store) = STORE.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not connected to redis\n");
+    };
+    match tokio::time::timeout(Duration::from_secs(1), store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "redis does not answer\n"),
+    }
+}
+
+/// Starts the endpoints if the worker was asked to (`--metrics-listen`).
+pub async fn serve_if_asked(
+    worker: &crate::config::WorkerArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    match worker.metrics_listen {
+        Some(listen) => Ok(Some(serve(listen, shutdown.clone()).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Binds `listen` and serves the endpoints until `shutdown`; returns the bound address.
+pub async fn serve(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics().encode(),
+                )
+            }),
+        )
+        .route("/livez", get(|| async { "alive\n" }))
+        .route("/readyz", get(ready));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!("metrics server stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics, /livez, /readyz");
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_in_the_exposition() {
+        let m = metrics();
+        m.consumed(Stage::Fetch, 3);
+        m.dead(Stage::Fetch, ErrorClass::HttpStatus);
+        m.fetched(Some(200), 10, Duration::from_millis(5));
+        let text = m.encode();
+        assert!(
+            text.contains("tributary_tasks_consumed_total{stage=\"fetch\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tributary_tasks_dead_total{stage=\"fetch\",class=\"http_status\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tributary_http_responses_total{status=\"200\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tributary_fetch_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
