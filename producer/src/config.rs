@@ -1,5 +1,6 @@
 //! `producer` command line (clap derive + env).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +36,79 @@ pub enum Command {
     /// Inspect, replay or purge dead letters (the `<ns>.<stage>.dead` queues).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Register jobs for publishers that write to the broker themselves.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Serve the HTTP API: enqueue jobs, status, results, dead letters.
+    Serve(ServeArgs),
+}
+
+/// `producer job ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum JobCommand {
+    /// Add N tasks to a job's total (creating the job) before publishing them to the
+    /// broker yourself; prints {"job_id": "...", "total": T}, T the job's total now.
+    Create {
+        /// How many tasks you will publish.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        total: u64,
+        /// The job (default: a new one).
+        #[arg(long)]
+        job_id: Option<Uuid>,
+    },
+}
+
+/// `producer serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`IP:PORT`; port 0 picks a free one).
+    #[arg(long, env = "PRODUCER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Require `Authorization: Bearer TOKEN` on every route but /healthz.
+    #[arg(long, env = "TRIBUTARY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<ApiToken>,
+
+    /// Allow serving on a non-loopback address without --api-token.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, env = "PRODUCER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: u64,
+
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// A bearer token; its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(pub String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
+
+impl std::str::FromStr for ApiToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(ApiToken(s.to_string()))
+    }
+}
+
+/// How tasks are published (`enqueue` and `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Tasks per broker message.
+    #[arg(long, env = "PRODUCER_BATCH_SIZE", default_value_t = 20)]
+    pub batch_size: usize,
+
+    /// Broker messages awaiting their publisher confirm at once.
+    #[arg(long, env = "PRODUCER_CONFIRM_WINDOW", default_value_t = 256)]
+    pub confirm_window: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -54,13 +128,8 @@ pub struct EnqueueArgs {
     #[arg(long)]
     pub skip_invalid: bool,
 
-    /// Tasks per broker message.
-    #[arg(long, env = "PRODUCER_BATCH_SIZE", default_value_t = 20)]
-    pub batch_size: usize,
-
-    /// Broker messages awaiting their publisher confirm at once.
-    #[arg(long, env = "PRODUCER_CONFIRM_WINDOW", default_value_t = 256)]
-    pub confirm_window: usize,
+    #[command(flatten)]
+    pub publish: PublishArgs,
 
     /// Show progress on stderr until the job is done, then print its final status.
     #[arg(long)]

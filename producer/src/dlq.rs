@@ -184,6 +184,22 @@ pub async fn run(
     shutdown: &CancellationToken,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let conn = amqp::connect(&connection.amqp_url, "producer-dlq").await?;
+    let result = run_on(&conn, None, connection, command, shutdown, out).await;
+    let _ = conn.close(200, "done".into()).await;
+    result
+}
+
+/// [`run`] on a connection of the caller's (which stays open), with the caller's store for
+/// `replay` (without one, `replay` connects to Redis itself).
+pub async fn run_on(
+    conn: &Connection,
+    store: Option<&Store>,
+    connection: &ConnectionArgs,
+    command: &DlqCommand,
+    shutdown: &CancellationToken,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let (filter, action, verb) = match command {
         DlqCommand::List { filter, limit } => (filter, Action::Print { limit: *limit }, "listing"),
         DlqCommand::Replay {
@@ -193,7 +209,6 @@ pub async fn run(
         DlqCommand::Replay { filter, .. } => (filter, Action::Replay, "replaying"),
         DlqCommand::Purge { filter } => (filter, Action::Purge, "purging"),
     };
-    let conn = amqp::connect(&connection.amqp_url, "producer-dlq").await?;
     let mut sweep = Sweep {
         names: Names::new(&connection.namespace),
         filter,
@@ -201,8 +216,7 @@ pub async fn run(
         shutdown,
         done: 0,
     };
-    let mut swept = sweep.run(&conn, connection, out).await;
-    let _ = conn.close(200, "done".into()).await;
+    let mut swept = sweep.run(conn, store, connection, out).await;
     let done = sweep.done;
     if done > 0 {
         swept = swept.with_context(|| format!("stopped after {verb} {done} dead letter(s)"));
@@ -254,6 +268,7 @@ impl Sweep<'_> {
     async fn run(
         &mut self,
         conn: &Connection,
+        store: Option<&Store>,
         connection: &ConnectionArgs,
         out: &mut impl Write,
     ) -> anyhow::Result<()> {
@@ -263,15 +278,23 @@ impl Sweep<'_> {
             .await?;
         let _ = setup.close(200, "topology declared".into()).await;
         let replayer = match self.action {
-            Action::Replay => Some(Replayer {
-                publisher: amqp::confirm_channel(conn).await?,
-                store: Store::connect(
-                    &connection.redis_url,
-                    self.names.clone(),
-                    connection.result_ttl,
-                )
-                .await?,
-            }),
+            Action::Replay => {
+                let store = match store {
+                    Some(store) => store.clone(),
+                    None => {
+                        Store::connect(
+                            &connection.redis_url,
+                            self.names.clone(),
+                            connection.result_ttl,
+                        )
+                        .await?
+                    }
+                };
+                Some(Replayer {
+                    publisher: amqp::confirm_channel(conn).await?,
+                    store,
+                })
+            }
             _ => None,
         };
         let stages = match self.filter.stage {
@@ -298,6 +321,7 @@ impl Sweep<'_> {
         replayer: Option<&Replayer>,
         out: &mut impl Write,
     ) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
         while !self.limit_reached() {
             if self.shutdown.is_cancelled() {
                 anyhow::bail!("interrupted");
@@ -306,6 +330,16 @@ impl Sweep<'_> {
                 break;
             };
             if !matches(&dead.info, self.filter) {
+                continue;
+            }
+            // A crash between dead-lettering and acking can dead-letter a task twice; it is
+            // one dead task: listed and counted once, and its extra copies are removed when
+            // the first is replayed or purged.
+            let duplicate = dead.info.task_id.is_some_and(|task| !seen.insert(task));
+            if duplicate {
+                if !matches!(self.action, Action::Print { .. }) {
+                    ack(&dead).await?;
+                }
                 continue;
             }
             match (self.action, replayer) {

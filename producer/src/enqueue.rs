@@ -1,10 +1,14 @@
 //! `producer enqueue`: validate the whole input, count it into the job's total, then stream
 //! it to the broker in NDJSON batches with a window of publisher confirms in flight.
+//!
+//! [`scan`](crate::input::scan), [`check`] and [`publish`] are the steps; the CLI
+//! ([`enqueue`]) and the HTTP API (`POST /v1/jobs`) both run them on a [`Source`].
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use indicatif::ProgressBar;
 use lapin::Channel;
 use lapin::types::FieldTable;
 use serde::Serialize;
@@ -15,8 +19,8 @@ use tributary::names::Stage;
 use tributary::store::Store;
 use uuid::Uuid;
 
-use crate::config::EnqueueArgs;
-use crate::input::{MAX_REPORTED, Source, parse_line, scan};
+use crate::config::{EnqueueArgs, PublishArgs};
+use crate::input::{MAX_REPORTED, Scan, Source, scan};
 
 /// What `enqueue` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +59,36 @@ impl ConfirmWindow {
     }
 }
 
+/// Where tasks are published: the namespace exchange on a confirm channel, and the store
+/// that counts the job's total.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub channel: &'a Channel,
+    pub exchange: &'a str,
+    pub store: &'a Store,
+}
+
+/// Why a scanned input may not be published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// This many lines are invalid (and they are not to be skipped).
+    Invalid(u64),
+    /// No line is a URL or task.
+    Empty,
+}
+
+/// Whether a scanned input may be published: not with invalid lines (unless they are to be
+/// skipped), and not without any task.
+pub fn check(found: &Scan, skip_invalid: bool) -> Result<(), Rejected> {
+    if found.invalid_count > 0 && !skip_invalid {
+        return Err(Rejected::Invalid(found.invalid_count));
+    }
+    if found.valid == 0 {
+        return Err(Rejected::Empty);
+    }
+    Ok(())
+}
+
 /// Validates and publishes; returns what was enqueued.
 pub async fn enqueue(
     args: &EnqueueArgs,
@@ -81,63 +115,99 @@ pub async fn enqueue(
             found.invalid_count - MAX_REPORTED as u64
         );
     }
-    if found.invalid_count > 0 && !args.skip_invalid {
-        anyhow::bail!(
-            "{} invalid line(s) in {}; nothing was enqueued (use --skip-invalid to enqueue the rest)",
-            found.invalid_count,
+    match check(&found, args.skip_invalid) {
+        Err(Rejected::Invalid(count)) => anyhow::bail!(
+            "{count} invalid line(s) in {}; nothing was enqueued (use --skip-invalid to enqueue the rest)",
             source.describe()
-        );
-    }
-    if found.valid == 0 {
-        anyhow::bail!(
+        ),
+        Err(Rejected::Empty) => anyhow::bail!(
             "no URLs or tasks in {}; nothing was enqueued",
             source.describe()
-        );
+        ),
+        Ok(()) => {}
     }
+    let target = Target {
+        channel,
+        exchange,
+        store,
+    };
+    let progress = crate::progress::enqueue_bar(found.valid);
+    let enqueued = publish(&source, job, found.valid, &args.publish, target, &progress).await?;
+    progress.finish_and_clear();
+    Ok(Enqueued {
+        job_id: job,
+        enqueued,
+    })
+}
 
-    store
-        .add_to_total(job, found.valid)
+/// Adds `valid` (what [`scan`] counted) to the job's total, then publishes every valid task
+/// of `source` in NDJSON batches, a window of confirms in flight; returns how many it
+/// published. Invalid lines are skipped: check the scan first.
+pub async fn publish(
+    source: &Source,
+    job: Uuid,
+    valid: u64,
+    args: &PublishArgs,
+    target: Target<'_>,
+    progress: &ProgressBar,
+) -> anyhow::Result<u64> {
+    target
+        .store
+        .add_to_total(job, valid)
         .await
         .context("cannot record the job's total")?;
-
     let started = Instant::now();
-    let progress = crate::progress::enqueue_bar(found.valid);
-    let mut window = ConfirmWindow {
-        pending: VecDeque::new(),
-        window: args.confirm_window,
-    };
-    let mut batch: Vec<Task> = Vec::with_capacity(args.batch_size.max(1));
     let mut published = 0u64;
-    let batch_size = args.batch_size.max(1);
-    // Reading a local file blocks briefly between publishes; for a CLI that is fine and
-    // keeps memory flat: one batch of tasks exists at a time.
-    for (i, line) in source.lines()?.enumerate() {
-        let line =
-            line.with_context(|| format!("reading line {} of {}", i + 1, source.describe()))?;
-        let Ok(Some(task)) = parse_line(&line, job) else {
-            continue;
-        };
-        batch.push(task);
-        if batch.len() >= batch_size {
-            publish_batch(channel, exchange, &mut batch, &mut window).await?;
-            published += batch_size as u64;
-            progress.set_position(published);
-        }
-    }
-    let rest = batch.len() as u64;
-    publish_batch(channel, exchange, &mut batch, &mut window).await?;
-    window.finish().await?;
-    published += rest;
-    progress.finish_and_clear();
+    publish_all(source, job, args, target, progress, &mut published)
+        .await
+        .with_context(|| {
+            format!("published {published} of {valid} tasks of job {job}, whose total counts all {valid}")
+        })?;
     tracing::debug!(
         tasks = published,
         secs = started.elapsed().as_secs_f64(),
         "enqueued"
     );
-    Ok(Enqueued {
-        job_id: job,
-        enqueued: published,
-    })
+    Ok(published)
+}
+
+async fn publish_all(
+    source: &Source,
+    job: Uuid,
+    args: &PublishArgs,
+    target: Target<'_>,
+    progress: &ProgressBar,
+    published: &mut u64,
+) -> anyhow::Result<()> {
+    let mut window = ConfirmWindow {
+        pending: VecDeque::new(),
+        window: args.confirm_window,
+    };
+    let batch_size = args.batch_size.max(1);
+    let mut batch: Vec<Task> = Vec::with_capacity(batch_size);
+    let Target {
+        channel, exchange, ..
+    } = target;
+    // Reading a local file blocks briefly between publishes; the file was just written or
+    // is the user's, so that is fine, and it keeps memory flat: one batch of tasks at a time.
+    for (i, line) in source.lines()?.enumerate() {
+        let line =
+            line.with_context(|| format!("reading line {} of {}", i + 1, source.describe()))?;
+        let Ok(Some(task)) = source.parse(&line, job) else {
+            continue;
+        };
+        batch.push(task);
+        if batch.len() >= batch_size {
+            publish_batch(channel, exchange, &mut batch, &mut window).await?;
+            *published += batch_size as u64;
+            progress.set_position(*published);
+        }
+    }
+    let rest = batch.len() as u64;
+    publish_batch(channel, exchange, &mut batch, &mut window).await?;
+    window.finish().await?;
+    *published += rest;
+    Ok(())
 }
 
 async fn publish_batch(

@@ -2,8 +2,9 @@
 //!
 //! A line is blank, a `#` comment, an http(s) URL, or a task JSON object (`url` required;
 //! `v`, `job_id`, `task_id`, `headers`, `meta` optional; a `job_id` must be the job's).
-//! Sources are read as streams, so memory does not grow with the input; stdin is spooled to
-//! a temporary file so it can be validated before anything is published.
+//! Sources are read as streams, so memory does not grow with the input; stdin (and an HTTP
+//! request body) is spooled to a temporary file so it can be validated before anything is
+//! published.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -69,6 +70,33 @@ pub fn parse_line(line: &str, job: Uuid) -> Result<Option<Task>, String> {
     Ok(Some(task))
 }
 
+/// What each line of a source holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Producer input: blank, `#` comment, URL or task object ([`parse_line`]).
+    Lines,
+    /// One JSON string, a URL, per line (the `urls` of an HTTP job, spooled).
+    JsonUrls,
+    /// One JSON task object per line (the `tasks` of an HTTP job, spooled).
+    JsonTasks,
+}
+
+/// Parses one line of a source in `format` (see [`parse_line`] for the results).
+pub fn parse_entry(format: Format, line: &str, job: Uuid) -> Result<Option<Task>, String> {
+    match format {
+        Format::Lines => parse_line(line, job),
+        Format::JsonUrls => {
+            let url: String =
+                serde_json::from_str(line).map_err(|_| "not a URL string".to_string())?;
+            let task = Task::new(job, url.trim().to_string());
+            task.validate().map_err(|f| f.reason)?;
+            Ok(Some(task))
+        }
+        Format::JsonTasks if line.trim_start().starts_with('{') => parse_line(line, job),
+        Format::JsonTasks => Err("not a task object".into()),
+    }
+}
+
 /// Where the lines come from.
 #[derive(Debug)]
 pub enum Source {
@@ -76,6 +104,11 @@ pub enum Source {
     File(PathBuf),
     /// Stdin, spooled; the file is deleted when this is dropped.
     Spooled(tempfile::NamedTempFile),
+    /// An HTTP request body, spooled (deleted on drop), one entry per line.
+    Body {
+        spool: tempfile::NamedTempFile,
+        format: Format,
+    },
 }
 
 impl Source {
@@ -101,20 +134,37 @@ impl Source {
             Source::Args(_) => "arguments".into(),
             Source::File(p) => p.display().to_string(),
             Source::Spooled(_) => "stdin".into(),
+            Source::Body { .. } => "the request body".into(),
         }
     }
 
+    /// What each line holds.
+    pub fn format(&self) -> Format {
+        match self {
+            Source::Body { format, .. } => *format,
+            _ => Format::Lines,
+        }
+    }
+
+    /// Parses one line of this source.
+    pub fn parse(&self, line: &str, job: Uuid) -> Result<Option<Task>, String> {
+        parse_entry(self.format(), line, job)
+    }
+
     /// The lines, streaming (numbered from 1 by the caller's `enumerate() + 1`).
-    pub fn lines(&self) -> anyhow::Result<Box<dyn Iterator<Item = io::Result<String>> + '_>> {
-        let open = |path: &Path| -> anyhow::Result<Box<dyn Iterator<Item = io::Result<String>>>> {
-            let file =
-                File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-            Ok(Box::new(BufReader::with_capacity(1 << 16, file).lines()))
-        };
+    pub fn lines(
+        &self,
+    ) -> anyhow::Result<Box<dyn Iterator<Item = io::Result<String>> + Send + '_>> {
+        let open =
+            |path: &Path| -> anyhow::Result<Box<dyn Iterator<Item = io::Result<String>> + Send>> {
+                let file =
+                    File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(Box::new(BufReader::with_capacity(1 << 16, file).lines()))
+            };
         match self {
             Source::Args(urls) => Ok(Box::new(urls.iter().cloned().map(Ok))),
             Source::File(path) => open(path),
-            Source::Spooled(file) => open(file.path()),
+            Source::Spooled(file) | Source::Body { spool: file, .. } => open(file.path()),
         }
     }
 
@@ -157,7 +207,7 @@ pub const MAX_REPORTED: usize = 20;
 pub fn scan(source: &Source, job: Uuid) -> anyhow::Result<Scan> {
     let mut scan = Scan::default();
     source.for_each_line(|n, line| {
-        match parse_line(line, job) {
+        match source.parse(line, job) {
             Ok(Some(_)) => scan.valid += 1,
             Ok(None) => {}
             Err(reason) => {
@@ -242,5 +292,25 @@ mod tests {
         assert_eq!(scan.valid, 2);
         assert_eq!(scan.invalid_count, 1);
         assert_eq!(scan.invalid[0].0, 3);
+    }
+
+    #[test]
+    fn json_entries() {
+        let url = parse_entry(Format::JsonUrls, r#"" http://a.example/1 ""#, job());
+        assert_eq!(url.unwrap().unwrap().url, "http://a.example/1");
+        for bad in [
+            "3",
+            "null",
+            r#"{"url":"http://a/1"}"#,
+            r##""# c""##,
+            r#""""#,
+        ] {
+            assert!(parse_entry(Format::JsonUrls, bad, job()).is_err(), "{bad}");
+        }
+        let task = parse_entry(Format::JsonTasks, r#"{"url":"http://a/1"}"#, job());
+        assert_eq!(task.unwrap().unwrap().url, "http://a/1");
+        for bad in [r#""http://a/1""#, "7", "{}", r#"{"url":"ftp://a/1"}"#] {
+            assert!(parse_entry(Format::JsonTasks, bad, job()).is_err(), "{bad}");
+        }
     }
 }

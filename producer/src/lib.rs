@@ -1,13 +1,16 @@
 //! `producer`: enqueue jobs from the command line, files or stdin; print job status; list,
-//! replay and purge dead letters.
+//! replay and purge dead letters; register jobs for foreign publishers; serve all of it over
+//! HTTP ([`api`]).
 //!
 //! [`run`] dispatches the subcommand; `main.rs` only parses the config and installs
 //! telemetry. Everything printed on stdout is JSON.
 
+pub mod api;
 pub mod config;
 pub mod dlq;
 pub mod enqueue;
 pub mod input;
+pub mod job;
 pub mod progress;
 
 use anyhow::Context as _;
@@ -18,7 +21,7 @@ use tributary::shutdown::CancellationToken;
 use tributary::store::Store;
 use tributary::topology::Topology;
 
-pub use config::{Command, Config};
+pub use config::{Command, Config, JobCommand};
 
 /// Runs one producer command.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -43,6 +46,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             print_json(&status)
         }
         Command::Dlq(command) => dlq::run(c, command, &shutdown, &mut std::io::stdout()).await,
+        Command::Job(JobCommand::Create { total, job_id }) => {
+            let store = connect_store(c).await?;
+            print_json(&job::create(&store, *job_id, *total).await?)
+        }
+        Command::Serve(args) => api::serve(c, args, shutdown).await,
     }
 }
 
@@ -69,7 +77,7 @@ async fn connect_store(c: &ConnectionArgs) -> anyhow::Result<Store> {
     Ok(Store::connect(&c.redis_url, Names::new(&c.namespace), c.result_ttl).await?)
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
