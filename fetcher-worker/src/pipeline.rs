@@ -19,9 +19,10 @@ use lapin::{Acker, Channel};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use tributary::amqp::{self, confirm_channel};
 use tributary::deadletter::{
-    TaskRef, attempt_of, dead_properties, enqueued_ms_of, stage_properties,
+    TaskRef, attempt_of, dead_properties, enqueued_ms_of, stage_properties, traceparent_of,
 };
 use tributary::error::{Disposition, ErrorClass, Failure, RetryPolicy};
 use tributary::message::{
@@ -31,6 +32,7 @@ use tributary::message::{
 use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
 use tributary::store::{Mark, Store};
+use tributary::trace::TraceParent;
 use tributary::worker::{Drain, Session};
 use uuid::Uuid;
 
@@ -125,8 +127,13 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
             }
             next = consumer.next(), if !drain.draining() => {
                 let delivery = next.context("the broker closed the consumer")??;
-                let attempt = attempt_of(&delivery.properties);
-                let enqueued_ms = enqueued_ms_of(&delivery.properties).unwrap_or_else(now_ms);
+                let received = Received {
+                    tag: delivery.delivery_tag,
+                    attempt: attempt_of(&delivery.properties),
+                    enqueued_ms: enqueued_ms_of(&delivery.properties).unwrap_or_else(now_ms),
+                    traceparent: traceparent_of(&delivery.properties).map(Arc::from),
+                };
+                let attempt = received.attempt;
                 let entries = decode_tasks(
                     &delivery.data,
                     delivery.properties.content_type().as_ref().map(|s| s.as_str()),
@@ -144,9 +151,10 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                         TaskEntry::Task(task) => {
                             let http = ctx.http.clone();
                             let slots = slots.clone();
+                            let received = received.clone();
                             fetches.spawn(async move {
                                 let _slot = slots.acquire_owned().await;
-                                fetch_one(&http, task, tag, attempt, enqueued_ms).await
+                                fetch_one(&http, task, received).await
                             });
                         }
                         TaskEntry::Invalid { raw, failure } => {
@@ -194,8 +202,26 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn fetch_one(http: &Http, task: Task, tag: u64, attempt: u32, enqueued_ms: u64) -> Outcome {
-    match http.fetch(&task).await {
+/// Where a task came from: its delivery, attempt, enqueue time and trace context.
+#[derive(Clone)]
+struct Received {
+    tag: u64,
+    attempt: u32,
+    enqueued_ms: u64,
+    traceparent: Option<Arc<str>>,
+}
+
+async fn fetch_one(http: &Http, task: Task, received: Received) -> Outcome {
+    let Received {
+        tag,
+        attempt,
+        enqueued_ms,
+        traceparent,
+    } = received;
+    let trace = TraceParent::continue_from(traceparent.as_deref());
+    let span = tracing::debug_span!("task", task_id = %task.task_id, job_id = %task.job_id, trace_id = %trace.trace_id_hex());
+    let traceparent = Some(trace.to_string());
+    match http.fetch(&task).instrument(span).await {
         Ok(fetched) => Outcome::Fetched {
             tag,
             payload: Payload {
@@ -209,6 +235,7 @@ async fn fetch_one(http: &Http, task: Task, tag: u64, attempt: u32, enqueued_ms:
                     meta: task.meta,
                     attempts: attempt,
                     enqueued_ms: Some(enqueued_ms),
+                    traceparent,
                 },
                 body: fetched.body,
             },
@@ -224,6 +251,7 @@ async fn fetch_one(http: &Http, task: Task, tag: u64, attempt: u32, enqueued_ms:
                         task_id: Some(task.task_id),
                         url: Some(task.url),
                         enqueued_ms: Some(enqueued_ms),
+                        traceparent,
                     },
                     failure,
                     attempt,
@@ -291,7 +319,7 @@ impl Sink {
                     if failed.failure.class != ErrorClass::HttpStatus
                         || failed.failure.http_status != Some(404)
                     {
-                        tracing::info!(task_id = ?failed.task.task_id, class = %failed.failure.class, attempts = failed.attempt, "dead-lettered: {}", failed.failure.reason);
+                        tracing::info!(task_id = ?failed.task.task_id, job_id = ?failed.task.job_id, traceparent = ?failed.task.traceparent, class = %failed.failure.class, attempts = failed.attempt, "dead-lettered: {}", failed.failure.reason);
                     }
                     (
                         Names::dead_routing_key(Stage::Fetch),

@@ -23,6 +23,7 @@ use tributary::processor::{JsonStats, Processor};
 use tributary::shutdown::CancellationToken;
 use tributary::store::{Mark, Store};
 use tributary::topology::Topology;
+use tributary::trace::TraceParent;
 use tributary::worker::{Session, consume_each, supervise};
 
 pub use config::Config;
@@ -126,6 +127,10 @@ async fn handle(
                     job_id: payload.header.job_id,
                     task_id: payload.header.task_id,
                     enqueued_ms: payload.header.enqueued_ms,
+                    traceparent: Some(
+                        TraceParent::continue_from(payload.header.traceparent.as_deref())
+                            .to_string(),
+                    ),
                     records,
                 });
                 (payload, outcome)
@@ -170,6 +175,7 @@ async fn handle(
             task_id: Some(payload.header.task_id),
             url: Some(payload.header.url.clone()),
             enqueued_ms: payload.header.enqueued_ms,
+            traceparent: payload.header.traceparent.clone(),
         };
         tracing::debug!(task_id = %payload.header.task_id, class = %failure.class, "dead-lettered: {}", failure.reason);
         let props = dead_properties(

@@ -38,7 +38,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
 use tributary::amqp::{self, HeadersExt, headers_of};
 use tributary::config::ConnectionArgs;
-use tributary::deadletter::{DeadInfo, TaskRef, enqueued_ms_of, stage_properties};
+use tributary::deadletter::{DeadInfo, TaskRef, enqueued_ms_of, stage_properties, traceparent_of};
 use tributary::message::{CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, CONTENT_TYPE_TASK};
 use tributary::names::{Names, Stage};
 use tributary::shutdown::CancellationToken;
@@ -382,6 +382,7 @@ impl Replayer {
             task_id: dead.info.task_id,
             url: dead.info.url.clone(),
             enqueued_ms: enqueued_ms_of(properties),
+            traceparent: traceparent_of(properties),
         };
         let content_type = properties
             .content_type()
@@ -503,6 +504,7 @@ mod tests {
             task_id: Some(Uuid::new_v4()),
             url: Some("http://a.example/1".into()),
             enqueued_ms: Some(7),
+            traceparent: None,
         };
         let props = dead_properties(
             CONTENT_TYPE_TASK,

@@ -188,6 +188,8 @@ async fn publish_all(
     let Target {
         channel, exchange, ..
     } = target;
+    let trace = tributary::trace::TraceParent::root();
+    tracing::debug!(%job, trace_id = %trace.trace_id_hex(), "publishing tasks");
     // Reading a local file blocks briefly between publishes; the file was just written or
     // is the user's, so that is fine, and it keeps memory flat: one batch of tasks at a time.
     for (i, line) in source.lines()?.enumerate() {
@@ -198,13 +200,13 @@ async fn publish_all(
         };
         batch.push(task);
         if batch.len() >= batch_size {
-            publish_batch(channel, exchange, &mut batch, &mut window).await?;
+            publish_batch(channel, exchange, &trace, &mut batch, &mut window).await?;
             *published += batch_size as u64;
             progress.set_position(*published);
         }
     }
     let rest = batch.len() as u64;
-    publish_batch(channel, exchange, &mut batch, &mut window).await?;
+    publish_batch(channel, exchange, &trace, &mut batch, &mut window).await?;
     window.finish().await?;
     *published += rest;
     Ok(())
@@ -213,6 +215,7 @@ async fn publish_all(
 async fn publish_batch(
     channel: &Channel,
     exchange: &str,
+    trace: &tributary::trace::TraceParent,
     batch: &mut Vec<Task>,
     window: &mut ConfirmWindow,
 ) -> anyhow::Result<()> {
@@ -222,6 +225,7 @@ async fn publish_batch(
     let body = encode_tasks(batch.iter());
     let mut headers = FieldTable::default();
     headers.set_u64(header::ENQUEUED_MS, now_ms());
+    headers.set_str(header::TRACEPARENT, &trace.child().to_string());
     let props = amqp::persistent(CONTENT_TYPE_TASKS).with_headers(headers);
     let confirm = amqp::publish(channel, exchange, Stage::Fetch.as_str(), &body, props).await?;
     window.push(confirm).await?;

@@ -162,6 +162,8 @@ pub mod header {
     pub const TASK_ID: &str = "x-tributary-task-id";
     pub const URL: &str = "x-tributary-url";
     pub const ENQUEUED_MS: &str = "x-tributary-enqueued-ms";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 #[cfg(test)]

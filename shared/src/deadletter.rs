@@ -19,6 +19,7 @@ pub struct TaskRef {
     pub task_id: Option<Uuid>,
     pub url: Option<String>,
     pub enqueued_ms: Option<u64>,
+    pub traceparent: Option<String>,
 }
 
 fn set_task_ref(headers: &mut FieldTable, task: &TaskRef) {
@@ -33,6 +34,9 @@ fn set_task_ref(headers: &mut FieldTable, task: &TaskRef) {
     }
     if let Some(ms) = task.enqueued_ms {
         headers.set_u64(header::ENQUEUED_MS, ms);
+    }
+    if let Some(tp) = &task.traceparent {
+        headers.set_str(header::TRACEPARENT, tp);
     }
 }
 
@@ -89,6 +93,11 @@ pub fn enqueued_ms_of(properties: &BasicProperties) -> Option<u64> {
     headers_of(properties).get_u64(header::ENQUEUED_MS)
 }
 
+/// The trace context a publisher put on a delivery, if any.
+pub fn traceparent_of(properties: &BasicProperties) -> Option<String> {
+    headers_of(properties).get_str(header::TRACEPARENT)
+}
+
 /// What `dlq list` prints for one dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadInfo {
@@ -140,6 +149,7 @@ mod tests {
             task_id: Some(Uuid::new_v4()),
             url: Some("http://u:secret@a.example/x".into()),
             enqueued_ms: Some(1),
+            traceparent: None,
         };
         let props = dead_properties(
             "application/json",

@@ -23,4 +23,5 @@ pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod worker;

@@ -226,6 +226,9 @@ pub struct PayloadHeader {
     /// When the task was first enqueued (ms since the Unix epoch), for latency figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_ms: Option<u64>,
+    /// The task's W3C trace context (see [`crate::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A fetched body with its header.
@@ -308,6 +311,8 @@ pub struct TaskResult {
     pub task_id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub records: Vec<Record>,
 }
 
@@ -436,6 +441,7 @@ mod tests {
             meta: Some(serde_json::json!({"k": [1, 2]})),
             attempts: 1,
             enqueued_ms: Some(5),
+            traceparent: None,
         };
         let a = Payload {
             header: header.clone(),
@@ -461,6 +467,7 @@ mod tests {
             job_id: job(),
             task_id: Uuid::new_v4(),
             enqueued_ms: None,
+            traceparent: None,
             records: vec![Record {
                 group: "AAPL".into(),
                 count: 2,

@@ -148,6 +148,7 @@ mod tests {
                 meta: None,
                 attempts: 1,
                 enqueued_ms: None,
+                traceparent: None,
             },
             body: bytes::Bytes::copy_from_slice(body.as_bytes()),
         }

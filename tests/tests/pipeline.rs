@@ -79,8 +79,26 @@ async fn a_job_flows_through_every_stage_with_an_exact_aggregate() {
     let body: serde_json::Value = serde_json::from_slice(&fetch_dead[0].delivery.data).unwrap();
     assert!(body["url"].as_str().unwrap().contains("/status/404"));
 
+    // The producer's trace continues through every stage: the fetch dead letters and the
+    // payloads that died in the processor carry child spans of the same trace.
+    let trace_of =
+        |tp: &str| tributary::trace::TraceParent::parse(tp).expect("a valid traceparent");
+    let fetch_trace = trace_of(
+        &h.get_str(header::TRACEPARENT)
+            .expect("a traceparent header"),
+    );
+
     let process_dead = peek_all(&app, &app.names.dead_queue(Stage::Process)).await;
     assert_eq!(process_dead.len(), 10);
+    let payload = &tributary::message::decode_payloads(&process_dead[0].delivery.data).unwrap()[0];
+    let process_trace = trace_of(
+        payload
+            .header
+            .traceparent
+            .as_deref()
+            .expect("a payload traceparent"),
+    );
+    assert_eq!(process_trace.trace_id, fetch_trace.trace_id);
     let h = amqp::headers_of(&process_dead[0].delivery.properties);
     assert_eq!(h.get_str(header::ERROR).as_deref(), Some("invalid_payload"));
     assert_eq!(h.get_str(header::STAGE).as_deref(), Some("process"));
@@ -94,6 +112,7 @@ fn result_for(job: Uuid, task: Uuid, values: &[f64]) -> ResultBatch {
         job_id: job,
         task_id: task,
         enqueued_ms: None,
+        traceparent: None,
         records: vec![record],
     }])
 }
