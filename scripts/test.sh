@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh
 cargo test --workspace
+# The serial tests start the worker binaries as processes: build them (cargo test does not).
+cargo build --workspace --bins
 cargo test -p tributary-tests --test restarts -- --ignored --test-threads=1

@@ -20,6 +20,9 @@ use crate::names::Names;
 use crate::store::Store;
 use crate::topology::Topology;
 
+/// Longest a session may take to start (connect, declare the topology).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a session is given.
 pub struct Session {
     pub conn: Arc<Connection>,
@@ -65,6 +68,16 @@ where
             topology.declare(&channel).await?;
             let _ = channel.close(200, "topology declared".into()).await;
             anyhow::Ok((Arc::new(conn), s))
+        };
+        // Every step of starting a session is a network call; none may hang the loop.
+        let attempt = async {
+            tokio::time::timeout(START_TIMEOUT, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "starting a session took longer than {START_TIMEOUT:?}"
+                    ))
+                })
         };
         let (conn, s) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
