@@ -95,3 +95,49 @@ async fn retry_after_sets_the_wait() {
     }
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn private_addresses_are_refused_without_allow_private() {
+    let app = App::spawn(
+        "ssrf",
+        AppOptions {
+            fetchers: 0,
+            ..AppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // A fetcher as deployed: no --allow-private.
+    let config = <fetcher_worker::Config as clap::Parser>::try_parse_from([
+        "fetcher-worker",
+        "--namespace",
+        app.namespace.as_str(),
+    ])
+    .unwrap();
+    let stop = tributary::shutdown::CancellationToken::new();
+    let fetcher = tokio::spawn(fetcher_worker::run(config, stop.clone()));
+    let port = app.origin.addr().port();
+    let lines = vec![
+        app.origin.url("/quotes/1.json"),
+        format!("http://localhost:{port}/quotes/2.json"),
+        format!("http://[::1]:{port}/quotes/3.json"),
+        format!("http://169.254.169.254:{port}/latest/meta-data/"),
+    ];
+    let job = app.enqueue_lines(&lines, &[]).await.unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (0, 4), "{status:?}");
+    assert_eq!(
+        app.origin.request_count(),
+        0,
+        "no request may reach a private address"
+    );
+    let dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
+    assert_eq!(dead.len(), 4);
+    assert!(
+        dead.iter().all(|d| d["error"] == "blocked_address"),
+        "{dead:?}"
+    );
+    stop.cancel();
+    fetcher.await.unwrap().unwrap();
+    app.shutdown().await.unwrap();
+}
