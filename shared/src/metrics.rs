@@ -77,51 +77,22 @@ impl Metrics {
             fetched_bytes: Counter::default(),
             fetch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         };
-        registry.register(
-            "tasks_consumed",
-            "Tasks taken from a stage queue",
-            m.consumed.clone(),
-        );
-        registry.register(
-            "tasks_succeeded",
-            "Tasks a stage passed on",
-            m.succeeded.clone(),
-        );
-        registry.register(
-            "tasks_retried",
-            "Tasks sent to a delay queue, by error class",
-            m.retried.clone(),
-        );
-        registry.register(
-            "tasks_dead",
-            "Tasks dead-lettered, by error class",
-            m.dead.clone(),
-        );
-        registry.register(
-            "in_flight",
-            "Tasks (fetch) or messages (process) being worked on",
-            m.in_flight.clone(),
-        );
-        registry.register(
-            "queue_depth",
-            "Messages ready in a stage queue, sampled",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "http_responses",
-            "Origin responses by status code",
-            m.http_responses.clone(),
-        );
-        registry.register(
-            "fetched_bytes",
-            "Body bytes downloaded",
-            m.fetched_bytes.clone(),
-        );
-        registry.register(
-            "fetch_duration_seconds",
-            "Time to download one task",
-            m.fetch_seconds.clone(),
-        );
+        macro_rules! register {
+            ($($name:literal, $help:literal => $metric:expr;)*) => {
+                $(registry.register($name, $help, $metric.clone());)*
+            };
+        }
+        register! {
+            "tasks_consumed", "Tasks taken from a stage queue" => m.consumed;
+            "tasks_succeeded", "Tasks a stage passed on" => m.succeeded;
+            "tasks_retried", "Tasks sent to a delay queue, by error class" => m.retried;
+            "tasks_dead", "Tasks dead-lettered, by error class" => m.dead;
+            "in_flight", "Tasks (fetch) or messages (process) being worked on" => m.in_flight;
+            "queue_depth", "Messages ready in a stage queue, sampled" => m.queue_depth;
+            "http_responses", "Origin responses by status code" => m.http_responses;
+            "fetched_bytes", "Body bytes downloaded" => m.fetched_bytes;
+            "fetch_duration_seconds", "Time to download one task" => m.fetch_seconds;
+        }
         Self { registry, ..m }
     }
 

@@ -52,6 +52,19 @@ struct Stage_ {
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
+impl AppOptions {
+    /// No stages at all: a namespace with its topology and an origin, for tests that start
+    /// worker processes themselves or only publish and inspect.
+    pub fn no_stages() -> Self {
+        Self {
+            fetchers: 0,
+            processors: 0,
+            aggregators: 0,
+            ..Self::default()
+        }
+    }
+}
+
 /// A running pipeline in its own namespace.
 pub struct App {
     pub namespace: String,

@@ -213,17 +213,9 @@ async fn garbage_messages_are_dead_lettered_not_fatal() {
 
 #[tokio::test]
 async fn invalid_input_enqueues_nothing_unless_skipped() {
-    let app = App::spawn(
-        "invalid",
-        AppOptions {
-            fetchers: 0,
-            processors: 0,
-            aggregators: 0,
-            ..AppOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let app = App::spawn("invalid", AppOptions::no_stages())
+        .await
+        .unwrap();
     let lines = vec![
         app.origin.url("/quotes/1.json"),
         "ftp://example.com/x".to_string(),

@@ -202,17 +202,9 @@ async fn nothing_is_lost_through_crashes_restarts_and_replays() {
     use rand::seq::SliceRandom;
 
     let broker_control = rabbitmqctl("status").is_ok();
-    let app = App::spawn(
-        "acceptance",
-        AppOptions {
-            fetchers: 0,
-            processors: 0,
-            aggregators: 0,
-            ..AppOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let app = App::spawn("acceptance", AppOptions::no_stages())
+        .await
+        .unwrap();
     let ns = app.namespace.clone();
     let fetcher_args = [
         "--allow-private",

@@ -469,6 +469,23 @@ fn background_cpu(period: Duration) -> Option<f64> {
 }
 
 /// The row of CPU no tracked process accounts for: other programs on the machine.
+/// Records the whole machine's busy CPU over the window and the "other processes" row.
+fn add_other_row(
+    report: &mut Report,
+    machine_before: Option<u64>,
+    machine_after: Option<u64>,
+    ticks: f64,
+    window: f64,
+) {
+    report.machine_cpu_s = machine_before
+        .zip(machine_after)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / ticks);
+    if let Some(machine) = report.machine_cpu_s {
+        let row = other_row(&report.processes, machine, window);
+        report.processes.push(row);
+    }
+}
+
 fn other_row(rows: &[ProcRow], machine_s: f64, window_s: f64) -> ProcRow {
     let tracked: f64 = rows.iter().filter_map(|r| r.cpu_s).sum();
     let other = (machine_s - tracked).max(0.0);
@@ -1185,13 +1202,7 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             });
         }
     }
-    report.machine_cpu_s = machine_before
-        .zip(machine_after)
-        .map(|(a, b)| b.saturating_sub(a) as f64 / ticks);
-    if let Some(machine) = report.machine_cpu_s {
-        let row = other_row(&report.processes, machine, window);
-        report.processes.push(row);
-    }
+    add_other_row(&mut report, machine_before, machine_after, ticks, window);
     drop(sampler);
     report.problems.extend(stop_workers(&mut workers));
     for row in &mut report.processes {
@@ -1283,13 +1294,7 @@ async fn enqueue_only(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             log: None,
         });
     }
-    report.machine_cpu_s = machine_before
-        .zip(machine_after)
-        .map(|(a, b)| b.saturating_sub(a) as f64 / ticks);
-    if let Some(machine) = report.machine_cpu_s {
-        let row = other_row(&report.processes, machine, enqueue_s);
-        report.processes.push(row);
-    }
+    add_other_row(&mut report, machine_before, machine_after, ticks, enqueue_s);
     drop(file);
     Ok(report)
 }
