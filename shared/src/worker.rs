@@ -98,7 +98,7 @@ where
         tracing::info!(namespace = %args.namespace, "{name}: consuming");
         crate::metrics::register_store(&s);
         crate::metrics::broker_session(true);
-        let lost = connection_lost(conn.clone());
+        let lost = connection_lost(conn.clone(), Names::new(&args.namespace));
         let result = tokio::select! {
             result = session(Session {
                 conn: conn.clone(),
@@ -132,9 +132,11 @@ where
 /// Resolves when the connection reports an error or stops being connected. A session's
 /// awaits (a publisher confirm, the next delivery) do not all notice a dead connection by
 /// themselves; this watchdog ends the session so the supervisor can reconnect.
-async fn connection_lost(conn: Arc<Connection>) -> String {
+/// While it watches, it also samples the stage queues' depths into the metrics every 5 s.
+async fn connection_lost(conn: Arc<Connection>, names: Names) -> String {
     use futures::StreamExt;
     let mut events = Box::pin(conn.events_listener());
+    let mut sample = tokio::time::interval(Duration::from_secs(5));
     {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -144,6 +146,7 @@ async fn connection_lost(conn: Arc<Connection>) -> String {
                     Some(_) => {}
                     None => return "the connection's event stream ended".to_string(),
                 },
+                _ = sample.tick() => sample_queue_depths(&conn, &names).await,
                 _ = tick.tick() => {
                     if !conn.status().connected() {
                         return "the connection is no longer open".to_string();
@@ -152,6 +155,35 @@ async fn connection_lost(conn: Arc<Connection>) -> String {
             }
         }
     }
+}
+
+/// Sets the `queue_depth` gauge of each stage queue (passive declares; errors are ignored,
+/// the next sample tries again).
+async fn sample_queue_depths(conn: &Connection, names: &Names) {
+    use lapin::options::QueueDeclareOptions;
+    let sampled = tokio::time::timeout(Duration::from_secs(2), async {
+        let channel = conn.create_channel().await.ok()?;
+        for stage in crate::names::Stage::ALL {
+            let queue = names.queue(stage);
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(q) => crate::metrics::metrics().set_queue_depth(&queue, q.message_count()),
+                Err(_) => break,
+            }
+        }
+        let _ = channel.close(200, "sampled".into()).await;
+        Some(())
+    });
+    let _ = sampled.await;
 }
 
 async fn sleep_unless_cancelled(wait: Duration, shutdown: &CancellationToken) {

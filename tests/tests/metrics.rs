@@ -59,6 +59,8 @@ async fn stages_count_into_metrics_and_report_ready() {
     assert!(value("tributary_http_responses_total{status=\"200\"}") >= 30.0);
     assert!(value("tributary_fetched_bytes_total") > 0.0);
     assert!(text.contains("tributary_fetch_duration_seconds_bucket"));
+    let depth = format!("tributary_queue_depth{{queue=\"{}.fetch\"}}", app.namespace);
+    assert!(text.contains(&depth), "no {depth} in\n{text}");
     assert!(!text.contains("127.0.0.1"), "no URL may appear in a label");
     app.shutdown().await.unwrap();
 }
