@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The test suite: starts RabbitMQ and Redis if needed, runs every test against them, then
-# the tests that stop and restart the services, one at a time in their own step (they
-# would disturb every other test).
+# the tests that stop and restart the services or measure request timing, one at a time in
+# their own step (they would disturb, or be disturbed by, every other test).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh
-cargo test --workspace
-# The serial tests start the worker binaries as processes: build them (cargo test does not).
+# Some tests start the worker binaries as processes: build them (cargo test does not).
 cargo build --workspace --bins
-cargo test -p tributary-tests --test restarts -- --ignored --test-threads=1
+cargo test --workspace
+cargo test -p tributary-tests --test restarts --test hostlimit -- --ignored --test-threads=1

@@ -6,6 +6,8 @@ use clap::Parser;
 use tributary::config::{CommonArgs, WorkerArgs};
 use tributary::error::{Delays, RetryPolicy};
 
+use crate::ratelimit::{HostRates, Rate, RateTable};
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "fetcher-worker",
@@ -54,12 +56,39 @@ pub struct Config {
     /// Allow URLs that resolve to loopback, private or link-local addresses (tests, demos).
     #[arg(long, env = "FETCHER_ALLOW_PRIVATE")]
     pub allow_private: bool,
+
+    /// Fleet-wide request rates per host, e.g. `example.com=20/s,*.example.org=5/s`
+    /// (shared by every fetcher of the namespace through Redis). Off by default.
+    #[arg(long, env = "FETCHER_HOST_RATE")]
+    pub host_rate: Option<HostRates>,
+
+    /// The fleet-wide rate of every host `--host-rate` does not name, e.g. `10/s`.
+    #[arg(long, env = "FETCHER_DEFAULT_HOST_RATE")]
+    pub default_host_rate: Option<Rate>,
+
+    /// Longest a fetcher sleeps for a rate-limited host's slot while holding the task;
+    /// longer waits put the task aside in a delay queue (not counted as an attempt).
+    #[arg(long, env = "FETCHER_HOST_WAIT_MAX", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub host_wait_max: Duration,
+
+    /// A 429 or 503 with `Retry-After` pauses its host for every fetcher of the namespace
+    /// (capped at the last `--retry-delays` step), not just the one task. Off by default.
+    #[arg(long, env = "FETCHER_HOST_PAUSE")]
+    pub host_pause: bool,
 }
 
 impl Config {
     /// The retry ladder.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::new(self.retry_delays.0.clone(), self.max_attempts)
+    }
+
+    /// The per-host rate limits (empty unless `--host-rate` or `--default-host-rate`).
+    pub fn rate_table(&self) -> RateTable {
+        RateTable {
+            hosts: self.host_rate.clone().unwrap_or_default(),
+            default: self.default_host_rate,
+        }
     }
 
     /// Broker prefetch: enough messages to keep every download slot busy.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod guard;
 pub mod http;
 pub mod pipeline;
+pub mod ratelimit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tributary::metrics::serve_if_asked(&config.worker, &shutdown).await?;
     let names = Names::new(&config.common.connection.namespace);
     let policy = config.retry_policy();
+    let rates = config.rate_table();
+    anyhow::ensure!(
+        (rates.is_empty() && !config.host_pause) || !policy.delays.is_empty(),
+        "--host-rate, --default-host-rate and --host-pause need at least one --retry-delays \
+         step to put tasks aside in"
+    );
     let http = http::Http::new(http::HttpOptions {
         timeout: Duration::from_millis(config.timeout_ms.max(1)),
         max_body_bytes: config.max_body_bytes,
@@ -37,6 +44,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http,
         names,
         policy,
+        rates,
     });
     supervise(
         "fetcher-worker",

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Acker, Channel};
+use lapin::{Acker, BasicProperties, Channel};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -25,6 +25,7 @@ use tributary::deadletter::{
     TaskRef, attempt_of, dead_properties, enqueued_ms_of, stage_properties, traceparent_of,
 };
 use tributary::error::{Disposition, ErrorClass, Failure, RetryPolicy};
+use tributary::hostlimit::HostLimiter;
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_TASK, Payload, PayloadHeader, Task, TaskEntry,
     decode_tasks, encode_payloads, now_ms,
@@ -38,6 +39,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::http::Http;
+use crate::ratelimit::{Admit, HostLimits, RateTable};
 
 /// What a session needs besides its connection.
 pub struct Context {
@@ -45,6 +47,8 @@ pub struct Context {
     pub http: Http,
     pub names: Names,
     pub policy: RetryPolicy,
+    /// Per-host rate limits; empty unless asked for.
+    pub rates: RateTable,
 }
 
 /// A durable outcome in the making; resolves to the delivery tags it settles, one per task.
@@ -52,16 +56,51 @@ type Disposal = BoxFuture<'static, anyhow::Result<Vec<u64>>>;
 
 /// What one download produced.
 enum Outcome {
-    Fetched { tag: u64, payload: Payload },
-    Failed { tag: u64, failed: FailedTask },
+    Fetched {
+        tag: u64,
+        payload: Payload,
+    },
+    Failed {
+        tag: u64,
+        failed: FailedTask,
+    },
+    /// The task's host has no slot soon: put it aside for `wait` (not an attempt).
+    Deferred {
+        tag: u64,
+        held: Held,
+        wait: std::time::Duration,
+    },
+    /// Redis failed the rate-limit check: an infrastructure error, the session ends.
+    Broken(anyhow::Error),
 }
 
-/// A task (or the bytes that failed to be one) that did not make it.
-struct FailedTask {
+/// A task (or the bytes that failed to be one) on its way back to the broker.
+struct Held {
     body: Vec<u8>,
     task: TaskRef,
-    failure: Failure,
     attempt: u32,
+}
+
+impl Held {
+    fn of(task: &Task, enqueued_ms: u64, traceparent: Option<String>, attempt: u32) -> Self {
+        Held {
+            body: task.to_json(),
+            task: TaskRef {
+                job_id: Some(task.job_id),
+                task_id: Some(task.task_id),
+                url: Some(task.url.clone()),
+                enqueued_ms: Some(enqueued_ms),
+                traceparent,
+            },
+            attempt,
+        }
+    }
+}
+
+/// A task that did not make it.
+struct FailedTask {
+    held: Held,
+    failure: Failure,
 }
 
 struct Delivery {
@@ -100,6 +139,17 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
     let mut disposals: FuturesUnordered<Disposal> = FuturesUnordered::new();
     let mut deliveries: HashMap<u64, Delivery> = HashMap::new();
     let mut batch = Batch::default();
+    let limits = (!ctx.rates.is_empty() || config.host_pause).then(|| {
+        Arc::new(HostLimits {
+            table: ctx.rates.clone(),
+            limiter: HostLimiter::new(&session.store),
+            max_wait: config.host_wait_max,
+            max_pause: config
+                .host_pause
+                .then(|| ctx.policy.delays.last().copied())
+                .flatten(),
+        })
+    });
     let mut drain = Drain::new(config.worker.shutdown_timeout);
     let sink = Sink {
         ctx: ctx.clone(),
@@ -152,13 +202,18 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                             let http = ctx.http.clone();
                             let slots = slots.clone();
                             let received = received.clone();
+                            let limits = limits.clone();
                             fetches.spawn(async move {
                                 let _slot = slots.acquire_owned().await;
-                                fetch_one(&http, task, received).await
+                                match limits {
+                                    Some(limits) => limited_fetch(&http, &limits, task, received).await,
+                                    None => fetch_one(&http, task, received).await,
+                                }
                             });
                         }
                         TaskEntry::Invalid { raw, failure } => {
-                            let failed = FailedTask { body: raw, task: TaskRef::default(), failure, attempt };
+                            let held = Held { body: raw, task: TaskRef::default(), attempt };
+                            let failed = FailedTask { held, failure };
                             disposals.push(sink.dispose(tag, failed));
                         }
                     }
@@ -176,6 +231,8 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                         }
                     }
                     Outcome::Failed { tag, failed } => disposals.push(sink.dispose(tag, failed)),
+                    Outcome::Deferred { tag, held, wait } => disposals.push(sink.defer(tag, held, wait)),
+                    Outcome::Broken(e) => return Err(e.context("the host rate limit check failed")),
                 }
             }
             _ = sleep_until(linger), if linger.is_some() => {
@@ -209,6 +266,36 @@ struct Received {
     attempt: u32,
     enqueued_ms: u64,
     traceparent: Option<Arc<str>>,
+}
+
+/// [`fetch_one`] under the host limits: wait for a slot (or defer the task), and pause
+/// the host if the origin asks to.
+async fn limited_fetch(
+    http: &Http,
+    limits: &HostLimits,
+    task: Task,
+    received: Received,
+) -> Outcome {
+    match limits.admit(&task.url).await {
+        Ok(Admit::Fetch) => {}
+        Ok(Admit::Defer(wait)) => {
+            let traceparent = received.traceparent.as_deref().map(str::to_string);
+            return Outcome::Deferred {
+                tag: received.tag,
+                held: Held::of(&task, received.enqueued_ms, traceparent, received.attempt),
+                wait,
+            };
+        }
+        Err(e) => return Outcome::Broken(e.into()),
+    }
+    let url = task.url.clone();
+    let outcome = fetch_one(http, task, received).await;
+    if let Outcome::Failed { failed, .. } = &outcome
+        && let Err(e) = limits.after_failure(&url, &failed.failure).await
+    {
+        return Outcome::Broken(e.into());
+    }
+    outcome
 }
 
 async fn fetch_one(http: &Http, task: Task, received: Received) -> Outcome {
@@ -245,16 +332,8 @@ async fn fetch_one(http: &Http, task: Task, received: Received) -> Outcome {
             Outcome::Failed {
                 tag,
                 failed: FailedTask {
-                    body: task.to_json(),
-                    task: TaskRef {
-                        job_id: Some(task.job_id),
-                        task_id: Some(task.task_id),
-                        url: Some(task.url),
-                        enqueued_ms: Some(enqueued_ms),
-                        traceparent,
-                    },
+                    held: Held::of(&task, enqueued_ms, traceparent, attempt),
                     failure,
-                    attempt,
                 },
             }
         }
@@ -299,57 +378,88 @@ impl Sink {
 
     /// Retries or dead-letters one failed task, as [`RetryPolicy::decide`] says.
     fn dispose(&self, tag: u64, failed: FailedTask) -> Disposal {
+        let FailedTask { held, failure } = failed;
+        let (routing_key, properties, mark) = match self.ctx.policy.decide(&failure, held.attempt) {
+            Disposition::Retry { step, ttl } => {
+                retry_route(step, ttl, held.attempt + 1, &held.task)
+            }
+            Disposition::Dead => {
+                if failure.class != ErrorClass::HttpStatus || failure.http_status != Some(404) {
+                    tracing::info!(task_id = ?held.task.task_id, job_id = ?held.task.job_id, traceparent = ?held.task.traceparent, class = %failure.class, attempts = held.attempt, "dead-lettered: {}", failure.reason);
+                }
+                (
+                    Names::dead_routing_key(Stage::Fetch),
+                    dead_properties(
+                        CONTENT_TYPE_TASK,
+                        Stage::Fetch,
+                        &failure,
+                        held.attempt,
+                        &held.task,
+                    ),
+                    Mark::Dead,
+                )
+            }
+        };
+        let class = failure.class;
+        self.send(
+            tag,
+            held,
+            routing_key,
+            properties,
+            mark,
+            move || match mark {
+                Mark::Retrying => metrics().retried(Stage::Fetch, class),
+                _ => metrics().dead(Stage::Fetch, class),
+            },
+        )
+    }
+
+    /// Puts a task aside for `wait` because its host is at its rate limit: the same delay
+    /// queues as retries, but the attempt number stays as it is.
+    fn defer(&self, tag: u64, held: Held, wait: std::time::Duration) -> Disposal {
+        let Some(Disposition::Retry { step, ttl }) = self.ctx.policy.wait_for(wait) else {
+            return Box::pin(async { anyhow::bail!("no --retry-delays step to defer a task to") });
+        };
+        tracing::debug!(task_id = ?held.task.task_id, ?wait, "host at its rate limit: task deferred");
+        let (routing_key, properties, mark) = retry_route(step, ttl, held.attempt, &held.task);
+        self.send(tag, held, routing_key, properties, mark, || {})
+    }
+
+    /// Publishes a held task (confirmed), marks it in Redis, then runs `done`.
+    fn send(
+        &self,
+        tag: u64,
+        held: Held,
+        routing_key: String,
+        properties: BasicProperties,
+        mark: Mark,
+        done: impl FnOnce() + Send + 'static,
+    ) -> Disposal {
         let publisher = self.publisher.clone();
         let store = self.store.clone();
         let exchange = self.ctx.names.exchange().to_string();
-        let disposition = self.ctx.policy.decide(&failed.failure, failed.attempt);
         Box::pin(async move {
-            let (routing_key, properties, mark) = match disposition {
-                Disposition::Retry { step, ttl } => (
-                    Names::retry_routing_key(Stage::Fetch, step),
-                    stage_properties(
-                        CONTENT_TYPE_TASK,
-                        failed.attempt + 1,
-                        Some(ttl),
-                        &failed.task,
-                    ),
-                    Mark::Retrying,
-                ),
-                Disposition::Dead => {
-                    if failed.failure.class != ErrorClass::HttpStatus
-                        || failed.failure.http_status != Some(404)
-                    {
-                        tracing::info!(task_id = ?failed.task.task_id, job_id = ?failed.task.job_id, traceparent = ?failed.task.traceparent, class = %failed.failure.class, attempts = failed.attempt, "dead-lettered: {}", failed.failure.reason);
-                    }
-                    (
-                        Names::dead_routing_key(Stage::Fetch),
-                        dead_properties(
-                            CONTENT_TYPE_TASK,
-                            Stage::Fetch,
-                            &failed.failure,
-                            failed.attempt,
-                            &failed.task,
-                        ),
-                        Mark::Dead,
-                    )
-                }
-            };
-            amqp::publish_confirmed(
-                &publisher,
-                &exchange,
-                &routing_key,
-                &failed.body,
-                properties,
-            )
-            .await?;
-            if let (Some(job), Some(task)) = (failed.task.job_id, failed.task.task_id) {
+            amqp::publish_confirmed(&publisher, &exchange, &routing_key, &held.body, properties)
+                .await?;
+            if let (Some(job), Some(task)) = (held.task.job_id, held.task.task_id) {
                 store.mark(job, mark, &[task]).await?;
             }
-            match mark {
-                Mark::Retrying => metrics().retried(Stage::Fetch, failed.failure.class),
-                _ => metrics().dead(Stage::Fetch, failed.failure.class),
-            }
+            done();
             Ok(vec![tag])
         })
     }
+}
+
+/// Where a task waiting in the `step` delay queue for `ttl` goes, arriving as `attempts`.
+fn retry_route(
+    step: std::time::Duration,
+    ttl: std::time::Duration,
+    attempts: u32,
+    task: &TaskRef,
+) -> (String, BasicProperties, Mark) {
+    (
+        Names::retry_routing_key(Stage::Fetch, step),
+        stage_properties(CONTENT_TYPE_TASK, attempts, Some(ttl), task),
+        Mark::Retrying,
+    )
 }

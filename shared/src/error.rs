@@ -223,16 +223,10 @@ impl RetryPolicy {
         if !failure.is_retryable() || attempt >= self.max_attempts || self.delays.is_empty() {
             return Disposition::Dead;
         }
-        let last = *self.delays.last().expect("non-empty ladder");
-        if let Some(after) = failure.retry_after {
-            let wait = after.min(last);
-            let step = self
-                .delays
-                .iter()
-                .copied()
-                .find(|d| *d >= wait)
-                .unwrap_or(last);
-            return Disposition::Retry { step, ttl: wait };
+        if let Some(after) = failure.retry_after
+            && let Some(retry) = self.wait_for(after)
+        {
+            return retry;
         }
         let index = (attempt as usize - 1).min(self.delays.len() - 1);
         let step = self.delays[index];
@@ -240,6 +234,23 @@ impl RetryPolicy {
             step,
             ttl: full_jitter(step),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// A retry that waits `wait` (capped at the last step) in the smallest delay queue
+    /// that holds it; `None` without a ladder. Used for `Retry-After` and for tasks put
+    /// aside by a host's rate limit (which do not count as an attempt).
+    pub fn wait_for(&self, wait: Duration) -> Option<Disposition> {
+        let last = *self.delays.last()?;
+        let wait = wait.min(last);
+        let step = self
+            .delays
+            .iter()
+            .copied()
+            .find(|d| *d >= wait)
+            .unwrap_or(last);
+        Some(Disposition::Retry { step, ttl: wait })
     }
 }
 
@@ -330,6 +341,16 @@ mod tests {
                 ttl: ms(5000)
             }
         );
+    }
+
+    #[test]
+    fn waits_pick_the_smallest_step_that_holds_them() {
+        let p = RetryPolicy::new(vec![ms(100), ms(500)], 5);
+        let retry = |step, ttl| Some(Disposition::Retry { step, ttl });
+        assert_eq!(p.wait_for(ms(80)), retry(ms(100), ms(80)));
+        assert_eq!(p.wait_for(ms(300)), retry(ms(500), ms(300)));
+        assert_eq!(p.wait_for(ms(2000)), retry(ms(500), ms(500)));
+        assert_eq!(RetryPolicy::none().wait_for(ms(80)), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod error;
+pub mod hostlimit;
 pub mod message;
 pub mod metrics;
 pub mod names;

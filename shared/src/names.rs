@@ -113,6 +113,17 @@ impl Names {
         self.job_key(job, "latency")
     }
 
+    /// A host's GCRA theoretical arrival time (`lua/hostlimit.lua`); the hash tag is the
+    /// host, so each host's limit lives in one slot.
+    pub fn host_tat_key(&self, host: &str) -> String {
+        format!("{}:host:{{{}}}:tat", self.ns, host)
+    }
+
+    /// Until when a host is paused (after a 429/503 with `Retry-After`), next to its TAT.
+    pub fn host_pause_key(&self, host: &str) -> String {
+        format!("{}:host:{{{}}}:pause", self.ns, host)
+    }
+
     /// The keys of one job, for clean-up.
     pub fn job_keys(&self, job: Uuid) -> [String; 4] {
         [
@@ -159,6 +170,7 @@ mod tests {
             n.status_key(job),
             "ns:{00000000-0000-0000-0000-000000000000}:status"
         );
+        assert_eq!(n.host_tat_key("example.com"), "ns:host:{example.com}:tat");
     }
 
     #[test]

@@ -125,6 +125,11 @@ impl Store {
         &self.names
     }
 
+    /// The shared, self-reconnecting connection (for other scripts, e.g. `hostlimit`).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// Adds `tasks` to the job's total (creating the job). Called before any of them is
     /// published, so a job is never `done` before its last task is counted.
     pub async fn add_to_total(&self, job: Uuid, tasks: u64) -> Result<(), StoreError> {

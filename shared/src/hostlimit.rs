@@ -1,0 +1,245 @@
+//! Fleet-wide per-host rate limits: the Rust side of `lua/hostlimit.lua`.
+//!
+//! One GCRA (generic cell rate algorithm, the semantics of the `governor` crate) per host,
+//! its theoretical arrival time kept in Redis under [`Names::host_tat_key`] and computed on
+//! Redis server time, so every fetcher on every machine shares one limit whatever its clock.
+//! A caller asks [`HostLimiter::acquire`] before each request: a wait up to its `max_wait`
+//! is reserved (the caller sleeps it, then fetches); a longer one reserves nothing and the
+//! caller puts the task aside (the fetcher defers it through a delay queue).
+//!
+//! [`HostLimiter::pause`] holds a host off for a while (the fetcher's `--host-pause`, after
+//! a 429/503 with `Retry-After`): the same script answers "later" for it, rate or not.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::names::Names;
+use crate::store::{Store, StoreError};
+
+const HOSTLIMIT_LUA: &str = include_str!("lua/hostlimit.lua");
+
+/// A GCRA limit: one request per `interval`, with `tolerance` of burst (a tolerance of
+/// `k × interval` lets `k + 1` requests through at once after a quiet spell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    pub interval: Duration,
+    pub tolerance: Duration,
+}
+
+/// The limiter's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A slot is reserved: sleep this long (often zero), then send the request.
+    Go(Duration),
+    /// No slot within the caller's `max_wait`: the host conforms again after this long.
+    Later(Duration),
+}
+
+/// The per-host limiter of one namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct HostLimiter {
+    conn: ConnectionManager,
+    names: Names,
+    script: redis::Script,
+}
+
+impl std::fmt::Debug for HostLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLimiter")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl HostLimiter {
+    /// A limiter on the store's Redis connection and namespace.
+    pub fn new(store: &Store) -> Self {
+        Self {
+            conn: store.connection(),
+            names: store.names().clone(),
+            script: redis::Script::new(HOSTLIMIT_LUA),
+        }
+    }
+
+    /// Asks for one request to `host` under `limit` (`None`: only a pause can hold it),
+    /// reserving a slot if it comes within `max_wait`.
+    pub async fn acquire(
+        &self,
+        host: &str,
+        limit: Option<Gcra>,
+        max_wait: Duration,
+    ) -> Result<Admission, StoreError> {
+        let (interval, tolerance) =
+            limit.map_or((0, 0), |l| (micros(l.interval).max(1), micros(l.tolerance)));
+        let mut invocation = self.invocation(host, "acquire");
+        invocation
+            .arg(interval)
+            .arg(tolerance)
+            .arg(micros(max_wait));
+        let mut conn = self.conn.clone();
+        let (granted, wait_ms): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        let wait = Duration::from_millis(wait_ms.max(0) as u64);
+        Ok(if granted == 1 {
+            Admission::Go(wait)
+        } else {
+            Admission::Later(wait)
+        })
+    }
+
+    /// Pauses `host` for every fetcher for `pause` from now (Redis time); a longer pause
+    /// already set stays.
+    pub async fn pause(&self, host: &str, pause: Duration) -> Result<(), StoreError> {
+        let mut invocation = self.invocation(host, "pause");
+        invocation.arg(micros(pause));
+        let mut conn = self.conn.clone();
+        let _: (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn invocation(&self, host: &str, op: &str) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(self.names.host_tat_key(host))
+            .key(self.names.host_pause_key(host))
+            .arg(op);
+        invocation
+    }
+}
+
+/// Microseconds, saturating well inside what a Lua number holds exactly.
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(1 << 52) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConnectionArgs;
+
+    async fn limiter() -> (HostLimiter, Store) {
+        let ns = format!("t-hostlimit-{}", uuid::Uuid::new_v4().simple());
+        let args = ConnectionArgs::local(&ns);
+        let store = Store::connect(&args.redis_url, Names::new(&ns), args.result_ttl)
+            .await
+            .expect("redis at 127.0.0.1:6379");
+        (HostLimiter::new(&store), store)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn gcra(interval_ms: u64, tolerance_ms: u64) -> Gcra {
+        Gcra {
+            interval: ms(interval_ms),
+            tolerance: ms(tolerance_ms),
+        }
+    }
+
+    /// One question to the limiter, willing to sleep `max_wait_ms`.
+    async fn ask(l: &HostLimiter, host: &str, limit: Gcra, max_wait_ms: u64) -> Admission {
+        l.acquire(host, Some(limit), ms(max_wait_ms)).await.unwrap()
+    }
+
+    /// Deletes the hosts' keys.
+    async fn forget(store: &Store, hosts: &[&str]) {
+        let keys: Vec<String> = hosts
+            .iter()
+            .map(|h| store.names().host_tat_key(h))
+            .collect();
+        let mut conn = store.connection();
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn gcra_spaces_requests_and_reserves_only_short_waits() {
+        let (limiter, store) = limiter().await;
+        let host = "example.test";
+        // 10/s with a burst of 2.
+        let limit = gcra(100, 100);
+        assert_eq!(ask(&limiter, host, limit, 0).await, Admission::Go(ms(0)));
+        assert_eq!(ask(&limiter, host, limit, 0).await, Admission::Go(ms(0)));
+        // The third is ~100 ms away: too far for a caller that will not wait...
+        let Admission::Later(wait) = ask(&limiter, host, limit, 0).await else {
+            panic!("a third request at once must not pass");
+        };
+        assert!(wait > ms(80) && wait <= ms(101), "{wait:?}");
+        // ... and asking again reserved nothing: the wait has not grown.
+        let Admission::Later(again) = ask(&limiter, host, limit, 0).await else {
+            panic!("still too early");
+        };
+        assert!(again <= wait, "{again:?} > {wait:?}");
+        // A caller that sleeps up to 250 ms gets the next slots, 100 ms apart.
+        let Admission::Go(first) = ask(&limiter, host, limit, 250).await else {
+            panic!("within 250 ms");
+        };
+        let Admission::Go(second) = ask(&limiter, host, limit, 250).await else {
+            panic!("within 250 ms");
+        };
+        assert!(second >= first + ms(98), "{first:?} then {second:?}");
+        assert!(matches!(
+            ask(&limiter, host, limit, 150).await,
+            Admission::Later(w) if w > ms(150)
+        ));
+        // Another host has its own limit.
+        assert_eq!(
+            ask(&limiter, "other.test", limit, 0).await,
+            Admission::Go(ms(0))
+        );
+        // The key expires about when the limit no longer matters.
+        let mut conn = store.connection();
+        let key = store.names().host_tat_key(host);
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(pttl > 1000 && pttl <= 1500, "{pttl}");
+        forget(&store, &[host, "other.test"]).await;
+    }
+
+    #[tokio::test]
+    async fn gcra_recovers_after_a_quiet_spell() {
+        let limit = gcra(50, 0);
+        let (limiter, store) = limiter().await;
+        let first = ask(&limiter, "quiet.test", limit, 0).await;
+        let second = ask(&limiter, "quiet.test", limit, 0).await;
+        tokio::time::sleep(ms(60)).await;
+        let after = ask(&limiter, "quiet.test", limit, 0).await;
+        forget(&store, &["quiet.test"]).await;
+        assert_eq!(first, Admission::Go(ms(0)));
+        assert!(matches!(second, Admission::Later(_)), "{second:?}");
+        assert_eq!(after, Admission::Go(ms(0)));
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_request_until_it_ends() {
+        let (limiter, store) = limiter().await;
+        let host = "paused.test";
+        let check = |max_wait_ms| limiter.acquire(host, None, ms(max_wait_ms));
+        assert_eq!(check(0).await.unwrap(), Admission::Go(ms(0)));
+        limiter.pause(host, ms(300)).await.unwrap();
+        // A shorter pause does not shorten it.
+        limiter.pause(host, ms(10)).await.unwrap();
+        let Admission::Later(wait) = check(1000).await.unwrap() else {
+            panic!("paused");
+        };
+        assert!(wait > ms(250) && wait <= ms(300), "{wait:?}");
+        // A rate-limited host is held too, and no slot is reserved meanwhile.
+        let Admission::Later(_) = ask(&limiter, host, gcra(10, 0), 1000).await else {
+            panic!("paused");
+        };
+        tokio::time::sleep(wait + ms(5)).await;
+        assert_eq!(check(0).await.unwrap(), Admission::Go(ms(0)));
+        assert_eq!(
+            ask(&limiter, host, gcra(10, 0), 0).await,
+            Admission::Go(ms(0))
+        );
+        forget(&store, &[host]).await;
+    }
+}
