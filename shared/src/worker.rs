@@ -110,14 +110,14 @@ where
         crate::metrics::broker_session(false);
         match result {
             Ok(()) => {
-                let _ = conn.close(200, "shutdown".into()).await;
+                close_quietly(&conn, 200, "shutdown").await;
                 if shutdown.is_cancelled() {
                     tracing::info!("{name}: stopped");
                     return Ok(());
                 }
             }
             Err(e) => {
-                let _ = conn.close(320, "session failed".into()).await;
+                close_quietly(&conn, 320, "session failed").await;
                 let wait = backoff.next_delay();
                 tracing::warn!(
                     "{name}: session lost: {}; reconnecting in {wait:?}",
@@ -137,6 +137,7 @@ async fn connection_lost(conn: Arc<Connection>, names: Names) -> String {
     use futures::StreamExt;
     let mut events = Box::pin(conn.events_listener());
     let mut sample = tokio::time::interval(Duration::from_secs(5));
+    let mut silent = 0;
     {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -146,7 +147,19 @@ async fn connection_lost(conn: Arc<Connection>, names: Names) -> String {
                     Some(_) => {}
                     None => return "the connection's event stream ended".to_string(),
                 },
-                _ = sample.tick() => sample_queue_depths(&conn, &names).await,
+                _ = sample.tick() => {
+                    // The sample is also a round trip: a connection whose reader died
+                    // quietly keeps saying "connected", so three silent samples in a row
+                    // count as lost.
+                    if sample_queue_depths(&conn, &names).await {
+                        silent = 0;
+                    } else {
+                        silent += 1;
+                        if silent >= 3 {
+                            return "the broker did not answer for 15 s".to_string();
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     if !conn.status().connected() {
                         return "the connection is no longer open".to_string();
@@ -157,11 +170,12 @@ async fn connection_lost(conn: Arc<Connection>, names: Names) -> String {
     }
 }
 
-/// Sets the `queue_depth` gauge of each stage queue (passive declares; errors are ignored,
-/// the next sample tries again).
-async fn sample_queue_depths(conn: &Connection, names: &Names) {
+/// Sets the `queue_depth` gauge of each stage queue (passive declares); false when the
+/// broker did not answer within 5 s. Other errors count as answers: the next sample tries
+/// again.
+async fn sample_queue_depths(conn: &Connection, names: &Names) -> bool {
     use lapin::options::QueueDeclareOptions;
-    let sampled = tokio::time::timeout(Duration::from_secs(2), async {
+    let sampled = tokio::time::timeout(Duration::from_secs(5), async {
         let channel = conn.create_channel().await.ok()?;
         for stage in crate::names::Stage::ALL {
             let queue = names.queue(stage);
@@ -183,7 +197,12 @@ async fn sample_queue_depths(conn: &Connection, names: &Names) {
         let _ = channel.close(200, "sampled".into()).await;
         Some(())
     });
-    let _ = sampled.await;
+    sampled.await.is_ok()
+}
+
+/// Closes a connection, giving up after 5 s (a dead connection may never answer).
+async fn close_quietly(conn: &Connection, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(code, reason.into())).await;
 }
 
 async fn sleep_unless_cancelled(wait: Duration, shutdown: &CancellationToken) {
