@@ -75,6 +75,23 @@ pub struct Config {
     /// (capped at the last `--retry-delays` step), not just the one task. Off by default.
     #[arg(long, env = "FETCHER_HOST_PAUSE")]
     pub host_pause: bool,
+
+    /// Adaptive rates: each 429 from a host with a rate halves that rate fleet-wide (at most
+    /// once a second, down to a tenth of the configured rate); it recovers by 5% of the
+    /// configured rate per second. Off by default.
+    #[arg(long, env = "FETCHER_HOST_AIMD")]
+    pub host_aimd: bool,
+
+    /// Downloads in flight at once per host, **per fetcher process** (the fleet-wide knob is
+    /// `--host-rate`). Off by default.
+    #[arg(long, env = "FETCHER_HOST_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub host_concurrency: Option<u32>,
+
+    /// Conditional requests: remember each URL's `ETag` / `Last-Modified` and body (up to
+    /// 64 KiB) in Redis for the job TTL, send `If-None-Match` / `If-Modified-Since`, and let
+    /// a 304 reuse the remembered body as the payload. Off by default.
+    #[arg(long, env = "FETCHER_CONDITIONAL")]
+    pub conditional: bool,
 }
 
 impl Config {

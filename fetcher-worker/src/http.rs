@@ -6,11 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, RETRY_AFTER,
+};
 use tributary::error::{ErrorClass, Failure};
 use tributary::message::{Task, check_url};
 use tributary::redact::redact_url;
 
+use crate::conditional::Validators;
 use crate::guard::{self, BlockedAddress, GuardedResolver};
 
 pub const MAX_REDIRECTS: usize = 5;
@@ -21,6 +25,10 @@ pub struct Fetched {
     pub status: u16,
     pub content_type: Option<String>,
     pub body: Bytes,
+    /// The response's `ETag` / `Last-Modified`.
+    pub validators: Validators,
+    /// A 304 to a conditional request: `body` is empty, the caller has the content.
+    pub not_modified: bool,
 }
 
 /// Limits of the HTTP client.
@@ -72,10 +80,11 @@ impl Http {
         })
     }
 
-    /// Downloads one task's URL, recording the response in the metrics.
-    pub async fn fetch(&self, task: &Task) -> Result<Fetched, Failure> {
+    /// Downloads one task's URL, recording the response in the metrics. With `known`
+    /// validators the request is conditional, and a 304 is an (empty) success.
+    pub async fn fetch(&self, task: &Task, known: Option<&Validators>) -> Result<Fetched, Failure> {
         let started = std::time::Instant::now();
-        let result = self.download(task).await;
+        let result = self.download(task, known).await;
         let (status, bytes) = match &result {
             Ok(f) => (Some(f.status), f.body.len()),
             Err(failure) => (failure.http_status, 0),
@@ -84,7 +93,7 @@ impl Http {
         result
     }
 
-    async fn download(&self, task: &Task) -> Result<Fetched, Failure> {
+    async fn download(&self, task: &Task, known: Option<&Validators>) -> Result<Fetched, Failure> {
         let url = check_url(&task.url)?;
         if !self.options.allow_private
             && let Err(blocked) = guard::check_literal(&url)
@@ -98,8 +107,37 @@ impl Http {
         if let Some(headers) = &task.headers {
             request = request.headers(header_map(headers)?);
         }
+        if let Some(known) = known {
+            if let Some(etag) = known
+                .etag
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                request = request.header(IF_NONE_MATCH, etag);
+            }
+            if let Some(at) = known
+                .last_modified
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                request = request.header(IF_MODIFIED_SINCE, at);
+            }
+        }
         let mut response = request.send().await.map_err(|e| classify(&e, &task.url))?;
         let status = response.status().as_u16();
+        let validators = Validators {
+            etag: header_text(response.headers(), &ETAG),
+            last_modified: header_text(response.headers(), &LAST_MODIFIED),
+        };
+        if status == 304 && known.is_some() {
+            return Ok(Fetched {
+                status,
+                content_type: None,
+                body: Bytes::new(),
+                validators,
+                not_modified: true,
+            });
+        }
         if !response.status().is_success() {
             let retry_after = retry_after(response.headers());
             return Err(Failure::http(status, retry_after));
@@ -108,11 +146,7 @@ impl Http {
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(too_large(limit));
         }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let content_type = header_text(response.headers(), &CONTENT_TYPE);
         let mut body =
             BytesMut::with_capacity(response.content_length().unwrap_or(4096).min(limit) as usize);
         while let Some(chunk) = response
@@ -129,8 +163,17 @@ impl Http {
             status,
             content_type,
             body: body.freeze(),
+            validators,
+            not_modified: false,
         })
     }
+}
+
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn too_large(limit: u64) -> Failure {

@@ -3,8 +3,10 @@
 //!
 //! [`run`] is the whole worker; `main.rs` only parses the config and installs telemetry.
 
+pub mod conditional;
 pub mod config;
 pub mod guard;
+pub mod hostcap;
 pub mod http;
 pub mod pipeline;
 pub mod ratelimit;
@@ -25,6 +27,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let names = Names::new(&config.common.connection.namespace);
     let policy = config.retry_policy();
     let rates = config.rate_table();
+    rates.publish_rates();
     anyhow::ensure!(
         (rates.is_empty() && !config.host_pause) || !policy.delays.is_empty(),
         "--host-rate, --default-host-rate and --host-pause need at least one --retry-delays \

@@ -25,7 +25,7 @@ use tributary::deadletter::{
     TaskRef, attempt_of, dead_properties, enqueued_ms_of, stage_properties, traceparent_of,
 };
 use tributary::error::{Disposition, ErrorClass, Failure, RetryPolicy};
-use tributary::hostlimit::HostLimiter;
+use tributary::hostlimit::{Aimd, HostLimiter};
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_TASK, Payload, PayloadHeader, Task, TaskEntry,
     decode_tasks, encode_payloads, now_ms,
@@ -37,9 +37,11 @@ use tributary::trace::TraceParent;
 use tributary::worker::{Drain, Session};
 use uuid::Uuid;
 
+use crate::conditional::Conditional;
 use crate::config::Config;
-use crate::http::Http;
-use crate::ratelimit::{Admit, HostLimits, RateTable};
+use crate::hostcap::{HostCap, HostSlot};
+use crate::http::{Fetched, Http};
+use crate::ratelimit::{Admit, HostLimits, RateTable, host_of};
 
 /// What a session needs besides its connection.
 pub struct Context {
@@ -70,7 +72,8 @@ enum Outcome {
         held: Held,
         wait: std::time::Duration,
     },
-    /// Redis failed the rate-limit check: an infrastructure error, the session ends.
+    /// Redis failed the rate-limit or conditional-request look-up: an infrastructure error,
+    /// the session ends.
     Broken(anyhow::Error),
 }
 
@@ -139,16 +142,24 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
     let mut disposals: FuturesUnordered<Disposal> = FuturesUnordered::new();
     let mut deliveries: HashMap<u64, Delivery> = HashMap::new();
     let mut batch = Batch::default();
-    let limits = (!ctx.rates.is_empty() || config.host_pause).then(|| {
-        Arc::new(HostLimits {
-            table: ctx.rates.clone(),
-            limiter: HostLimiter::new(&session.store),
-            max_wait: config.host_wait_max,
-            max_pause: config
-                .host_pause
-                .then(|| ctx.policy.delays.last().copied())
-                .flatten(),
-        })
+    let limits = (!ctx.rates.is_empty() || config.host_pause).then(|| HostLimits {
+        table: ctx.rates.clone(),
+        limiter: match config.host_aimd {
+            true => HostLimiter::new(&session.store).with_aimd(Aimd::default()),
+            false => HostLimiter::new(&session.store),
+        },
+        max_wait: config.host_wait_max,
+        max_pause: config
+            .host_pause
+            .then(|| ctx.policy.delays.last().copied())
+            .flatten(),
+    });
+    let fetcher = Arc::new(Fetcher {
+        http: ctx.http.clone(),
+        rates: ctx.rates.clone(),
+        limits,
+        cap: config.host_concurrency.map(|n| HostCap::new(n as usize)),
+        conditional: config.conditional.then(|| Conditional::new(&session.store)),
     });
     let mut drain = Drain::new(config.worker.shutdown_timeout);
     let sink = Sink {
@@ -199,16 +210,15 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                 for entry in entries {
                     match entry {
                         TaskEntry::Task(task) => {
-                            let http = ctx.http.clone();
+                            let fetcher = fetcher.clone();
                             let slots = slots.clone();
                             let received = received.clone();
-                            let limits = limits.clone();
                             fetches.spawn(async move {
+                                // The host's slot first: tasks waiting for a busy host do
+                                // not hold the download slots other hosts could use.
+                                let _host = fetcher.host_slot(&task.url).await;
                                 let _slot = slots.acquire_owned().await;
-                                match limits {
-                                    Some(limits) => limited_fetch(&http, &limits, task, received).await,
-                                    None => fetch_one(&http, task, received).await,
-                                }
+                                fetcher.fetch(task, received).await
                             });
                         }
                         TaskEntry::Invalid { raw, failure } => {
@@ -232,7 +242,7 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                     }
                     Outcome::Failed { tag, failed } => disposals.push(sink.dispose(tag, failed)),
                     Outcome::Deferred { tag, held, wait } => disposals.push(sink.defer(tag, held, wait)),
-                    Outcome::Broken(e) => return Err(e.context("the host rate limit check failed")),
+                    Outcome::Broken(e) => return Err(e.context("a Redis check of the fetch failed")),
                 }
             }
             _ = sleep_until(linger), if linger.is_some() => {
@@ -268,73 +278,132 @@ struct Received {
     traceparent: Option<Arc<str>>,
 }
 
-/// [`fetch_one`] under the host limits: wait for a slot (or defer the task), and pause
-/// the host if the origin asks to.
-async fn limited_fetch(
-    http: &Http,
-    limits: &HostLimits,
-    task: Task,
-    received: Received,
-) -> Outcome {
-    match limits.admit(&task.url).await {
-        Ok(Admit::Fetch) => {}
-        Ok(Admit::Defer(wait)) => {
-            let traceparent = received.traceparent.as_deref().map(str::to_string);
-            return Outcome::Deferred {
-                tag: received.tag,
-                held: Held::of(&task, received.enqueued_ms, traceparent, received.attempt),
-                wait,
-            };
-        }
-        Err(e) => return Outcome::Broken(e.into()),
-    }
-    let url = task.url.clone();
-    let outcome = fetch_one(http, task, received).await;
-    if let Outcome::Failed { failed, .. } = &outcome
-        && let Err(e) = limits.after_failure(&url, &failed.failure).await
-    {
-        return Outcome::Broken(e.into());
-    }
-    outcome
+/// What every download of a session shares: the client, and the optional politeness.
+struct Fetcher {
+    http: Http,
+    rates: RateTable,
+    /// `--host-rate`, `--default-host-rate`, `--host-pause`.
+    limits: Option<HostLimits>,
+    /// `--host-concurrency`.
+    cap: Option<Arc<HostCap>>,
+    /// `--conditional`.
+    conditional: Option<Conditional>,
 }
 
-async fn fetch_one(http: &Http, task: Task, received: Received) -> Outcome {
-    let Received {
-        tag,
-        attempt,
-        enqueued_ms,
-        traceparent,
-    } = received;
-    let trace = TraceParent::continue_from(traceparent.as_deref());
-    let span = tracing::debug_span!("task", task_id = %task.task_id, job_id = %task.job_id, trace_id = %trace.trace_id_hex());
-    let traceparent = Some(trace.to_string());
-    match http.fetch(&task).instrument(span).await {
-        Ok(fetched) => Outcome::Fetched {
+impl Fetcher {
+    /// With `--host-concurrency`, waits for a slot of the URL's host.
+    async fn host_slot(&self, url: &str) -> Option<HostSlot> {
+        let cap = self.cap.as_ref()?;
+        Some(cap.acquire(&host_of(url)?).await)
+    }
+
+    /// Waits for the host's rate (or defers the task), downloads, and pauses the host if
+    /// the origin asks to.
+    async fn fetch(&self, task: Task, received: Received) -> Outcome {
+        let Some(limits) = &self.limits else {
+            return self.fetch_one(task, received).await;
+        };
+        match limits.admit(&task.url).await {
+            Ok(Admit::Fetch) => {}
+            Ok(Admit::Defer(wait)) => {
+                let traceparent = received.traceparent.as_deref().map(str::to_string);
+                return Outcome::Deferred {
+                    tag: received.tag,
+                    held: Held::of(&task, received.enqueued_ms, traceparent, received.attempt),
+                    wait,
+                };
+            }
+            Err(e) => return Outcome::Broken(e.into()),
+        }
+        let url = task.url.clone();
+        let outcome = self.fetch_one(task, received).await;
+        if let Outcome::Failed { failed, .. } = &outcome
+            && let Err(e) = limits.after_failure(&url, &failed.failure).await
+        {
+            return Outcome::Broken(e.into());
+        }
+        outcome
+    }
+
+    /// One download (conditional with `--conditional`), counted per host bucket.
+    async fn download(&self, task: &Task) -> anyhow::Result<Result<Fetched, Failure>> {
+        let remembered = match &self.conditional {
+            Some(conditional) => conditional.recall(&task.url).await?,
+            None => None,
+        };
+        let result = self
+            .http
+            .fetch(task, remembered.as_ref().map(|r| &r.validators))
+            .await;
+        let status = match &result {
+            Ok(fetched) => Some(fetched.status),
+            Err(failure) => failure.http_status,
+        };
+        if let Some(status) = status {
+            metrics().host_response(&self.rates.bucket_of_url(&task.url), status);
+        }
+        let Some(conditional) = &self.conditional else {
+            return Ok(result);
+        };
+        Ok(match (result, remembered) {
+            // A 304 reuses the remembered body: the same payload as the 200 it stands for.
+            (Ok(fetched), Some(last)) if fetched.not_modified => Ok(Fetched {
+                status: last.status,
+                content_type: last.content_type,
+                body: last.body,
+                validators: last.validators,
+                not_modified: true,
+            }),
+            (Ok(fetched), _) => {
+                conditional.remember(&task.url, &fetched).await?;
+                Ok(fetched)
+            }
+            (Err(failure), _) => Err(failure),
+        })
+    }
+
+    async fn fetch_one(&self, task: Task, received: Received) -> Outcome {
+        let Received {
             tag,
-            payload: Payload {
-                header: PayloadHeader {
-                    v: tributary::message::VERSION,
-                    job_id: task.job_id,
-                    task_id: task.task_id,
-                    url: task.url,
-                    status: fetched.status,
-                    content_type: fetched.content_type,
-                    meta: task.meta,
-                    attempts: attempt,
-                    enqueued_ms: Some(enqueued_ms),
-                    traceparent,
-                },
-                body: fetched.body,
-            },
-        },
-        Err(failure) => {
-            tracing::debug!(task_id = %task.task_id, job_id = %task.job_id, class = %failure.class, "fetch failed: {}", failure.reason);
-            Outcome::Failed {
+            attempt,
+            enqueued_ms,
+            traceparent,
+        } = received;
+        let trace = TraceParent::continue_from(traceparent.as_deref());
+        let span = tracing::debug_span!("task", task_id = %task.task_id, job_id = %task.job_id, trace_id = %trace.trace_id_hex());
+        let traceparent = Some(trace.to_string());
+        let downloaded = match self.download(&task).instrument(span).await {
+            Ok(downloaded) => downloaded,
+            Err(e) => return Outcome::Broken(e),
+        };
+        match downloaded {
+            Ok(fetched) => Outcome::Fetched {
                 tag,
-                failed: FailedTask {
-                    held: Held::of(&task, enqueued_ms, traceparent, attempt),
-                    failure,
+                payload: Payload {
+                    header: PayloadHeader {
+                        v: tributary::message::VERSION,
+                        job_id: task.job_id,
+                        task_id: task.task_id,
+                        url: task.url,
+                        status: fetched.status,
+                        content_type: fetched.content_type,
+                        meta: task.meta,
+                        attempts: attempt,
+                        enqueued_ms: Some(enqueued_ms),
+                        traceparent,
+                    },
+                    body: fetched.body,
                 },
+            },
+            Err(failure) => {
+                tracing::debug!(task_id = %task.task_id, job_id = %task.job_id, class = %failure.class, "fetch failed: {}", failure.reason);
+                Outcome::Failed {
+                    tag,
+                    failed: FailedTask {
+                        held: Held::of(&task, enqueued_ms, traceparent, attempt),
+                        failure,
+                    },
+                }
             }
         }
     }

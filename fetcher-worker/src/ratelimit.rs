@@ -9,7 +9,13 @@
 //! bare `*` is refused: say `--default-host-rate`.
 //!
 //! With `--host-pause`, a 429 or 503 with `Retry-After` pauses its host for every fetcher
-//! (capped at the last `--retry-delays` step), whether or not the host has a rate.
+//! (capped at the last `--retry-delays` step), whether or not the host has a rate. With
+//! `--host-aimd`, a 429 from a host that has a rate lowers that rate fleet-wide
+//! ([`tributary::hostlimit::Aimd`]).
+//!
+//! Per-host metrics are bucketed by the `--host-rate` pattern naming the host, or `other`
+//! ([`RateTable::bucket_of`]); the `host_rate` gauge of a bucket shows the rate last in
+//! force for one of its hosts.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,6 +23,7 @@ use std::time::Duration;
 
 use tributary::error::Failure;
 use tributary::hostlimit::{Admission, Gcra, HostLimiter};
+use tributary::metrics::{OTHER_HOSTS, metrics};
 use tributary::store::StoreError;
 
 /// The most burst a limit allows on top of its steady rate (one interval, at most 100 ms).
@@ -103,6 +110,15 @@ impl HostPattern {
     }
 }
 
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Below(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
 /// `--host-rate`: `host=rate` pairs, comma-separated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostRates(pub Vec<(HostPattern, Rate)>);
@@ -140,23 +156,50 @@ impl RateTable {
 
     /// The rate of `host` (lowercase, no port), if it has one.
     pub fn rate_of(&self, host: &str) -> Option<Rate> {
+        self.pattern_of(host).map(|(_, rate)| rate).or(self.default)
+    }
+
+    /// The `--host-rate` pattern naming `host`, and its rate.
+    fn pattern_of(&self, host: &str) -> Option<(&HostPattern, Rate)> {
         let host = host.trim_end_matches('.');
-        let mut best: Option<(usize, Rate)> = None;
+        let mut best: Option<(usize, &HostPattern, Rate)> = None;
         for (pattern, rate) in &self.hosts.0 {
             match pattern {
-                HostPattern::Exact(h) if h == host => return Some(*rate),
+                HostPattern::Exact(h) if h == host => return Some((pattern, *rate)),
                 HostPattern::Below(suffix)
                     if host.len() > suffix.len() + 1
                         && host.ends_with(suffix.as_str())
                         && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                        && best.is_none_or(|(len, _)| suffix.len() > len) =>
+                        && best.is_none_or(|(len, _, _)| suffix.len() > len) =>
                 {
-                    best = Some((suffix.len(), *rate));
+                    best = Some((suffix.len(), pattern, *rate));
                 }
                 _ => {}
             }
         }
-        best.map(|(_, rate)| rate).or(self.default)
+        best.map(|(_, pattern, rate)| (pattern, rate))
+    }
+
+    /// The metrics bucket of `host`: the `--host-rate` pattern naming it, or
+    /// [`OTHER_HOSTS`] (never the host itself, so the label set stays bounded).
+    pub fn bucket_of(&self, host: &str) -> String {
+        self.pattern_of(host)
+            .map_or_else(|| OTHER_HOSTS.to_string(), |(p, _)| p.to_string())
+    }
+
+    /// The metrics bucket of a URL's host ([`OTHER_HOSTS`] without a host).
+    pub fn bucket_of_url(&self, url: &str) -> String {
+        host_of(url).map_or_else(|| OTHER_HOSTS.to_string(), |h| self.bucket_of(&h))
+    }
+
+    /// Publishes every bucket's configured rate in the `host_rate` gauge.
+    pub fn publish_rates(&self) {
+        for (pattern, rate) in &self.hosts.0 {
+            metrics().set_host_rate(&pattern.to_string(), rate.per_second());
+        }
+        if let Some(rate) = self.default {
+            metrics().set_host_rate(OTHER_HOSTS, rate.per_second());
+        }
     }
 }
 
@@ -181,7 +224,7 @@ pub struct HostLimits {
 }
 
 /// The host of a URL, lowercase, without the port.
-fn host_of(url: &str) -> Option<String> {
+pub fn host_of(url: &str) -> Option<String> {
     url::Url::parse(url)
         .ok()?
         .host_str()
@@ -195,11 +238,19 @@ impl HostLimits {
         let Some(host) = host_of(url) else {
             return Ok(Admit::Fetch);
         };
-        let limit = self.table.rate_of(&host).map(Rate::gcra);
-        if limit.is_none() && self.max_pause.is_none() {
+        let rate = self.table.rate_of(&host);
+        if rate.is_none() && self.max_pause.is_none() {
             return Ok(Admit::Fetch);
         }
-        match self.limiter.acquire(&host, limit, self.max_wait).await? {
+        let limit = rate.map(Rate::gcra);
+        let (admission, factor) = self
+            .limiter
+            .acquire_at_rate(&host, limit, self.max_wait)
+            .await?;
+        if let Some(rate) = rate {
+            metrics().set_host_rate(&self.table.bucket_of(&host), rate.per_second() * factor);
+        }
+        match admission {
             Admission::Go(wait) => {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
@@ -211,8 +262,18 @@ impl HostLimits {
     }
 
     /// With `--host-pause`, a 429 or 503 with a `Retry-After` pauses the URL's host for
-    /// every fetcher.
+    /// every fetcher; with `--host-aimd`, a 429 lowers a limited host's rate.
     pub async fn after_failure(&self, url: &str, failure: &Failure) -> Result<(), StoreError> {
+        if failure.http_status == Some(429)
+            && let Some(host) = host_of(url)
+            && let Some(rate) = self.table.rate_of(&host)
+        {
+            let factor = self.limiter.throttled(&host).await?;
+            if factor < 1.0 {
+                tracing::info!(%host, rate = rate.per_second() * factor, "429: host rate lowered fleet-wide");
+            }
+            metrics().set_host_rate(&self.table.bucket_of(&host), rate.per_second() * factor);
+        }
         let (Some(cap), Some(after), Some(429 | 503)) =
             (self.max_pause, failure.retry_after, failure.http_status)
         else {
@@ -304,6 +365,14 @@ mod tests {
             ..table
         };
         assert_eq!(table.rate_of("other.net").map(Rate::per_second), Some(10.0));
+        assert_eq!(table.bucket_of("v1.api.example.org"), "*.api.example.org");
+        assert_eq!(table.bucket_of("www.example.org"), "www.example.org");
+        assert_eq!(table.bucket_of("other.net"), "other");
+        assert_eq!(
+            table.bucket_of_url("http://A.Example.org:8080/x"),
+            "*.example.org"
+        );
+        assert_eq!(table.bucket_of_url("not a url"), "other");
         assert!(!table.is_empty());
         assert!(RateTable::default().is_empty());
     }

@@ -32,8 +32,7 @@
 use std::io::Write;
 
 use anyhow::Context as _;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
 use tributary::amqp::{self, HeadersExt, headers_of};
@@ -109,22 +108,14 @@ impl Pass {
     async fn open(conn: &Connection, names: &Names, stage: Stage) -> anyhow::Result<Pass> {
         let channel = conn.create_channel().await?;
         let queue = names.dead_queue(stage);
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let left = amqp::queue_depth(&channel, &queue)
             .await
             .with_context(|| format!("cannot open the dead-letter queue {queue}"))?;
         Ok(Pass {
             channel,
             queue,
             stage,
-            left: declared.message_count(),
+            left,
         })
     }
 
@@ -420,7 +411,7 @@ impl Replayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::{AMQPValue, LongString};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
     use tributary::deadletter::dead_properties;
     use tributary::error::{ErrorClass, Failure};
     use uuid::Uuid;

@@ -98,6 +98,21 @@ pub async fn publish_confirmed(
     confirmed(confirm, routing_key).await
 }
 
+/// Messages ready in an existing queue (a passive declare; fails if it does not exist).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, AmqpError> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
+}
+
 /// Typed access to AMQP headers.
 pub trait HeadersExt {
     fn set_str(&mut self, key: &str, value: &str);

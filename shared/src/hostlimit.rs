@@ -9,6 +9,12 @@
 //!
 //! [`HostLimiter::pause`] holds a host off for a while (the fetcher's `--host-pause`, after
 //! a 429/503 with `Retry-After`): the same script answers "later" for it, rate or not.
+//!
+//! With [`HostLimiter::with_aimd`] the rate adapts: [`HostLimiter::throttled`] (after a
+//! 429) halves a host's rate factor (at most once per [`Aimd::spacing`], never below
+//! [`Aimd::floor`] of the configured rate), and it recovers additively over time; the
+//! factor lives in Redis next to the TAT ([`Names::host_rate_key`]), so every fetcher
+//! shares it.
 
 use std::time::Duration;
 
@@ -27,6 +33,27 @@ pub struct Gcra {
     pub tolerance: Duration,
 }
 
+/// Additive-increase / multiplicative-decrease of a host's rate after 429s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aimd {
+    /// The lowest factor of the configured rate (e.g. 0.1).
+    pub floor: f64,
+    /// How much of the configured rate comes back per second (e.g. 0.05), above zero.
+    pub recovery_per_sec: f64,
+    /// The least time between two cuts, so one burst of 429s counts once.
+    pub spacing: Duration,
+}
+
+impl Default for Aimd {
+    fn default() -> Self {
+        Self {
+            floor: 0.1,
+            recovery_per_sec: 0.05,
+            spacing: Duration::from_secs(1),
+        }
+    }
+}
+
 /// The limiter's answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -42,6 +69,7 @@ pub struct HostLimiter {
     conn: ConnectionManager,
     names: Names,
     script: redis::Script,
+    aimd: Option<Aimd>,
 }
 
 impl std::fmt::Debug for HostLimiter {
@@ -59,6 +87,15 @@ impl HostLimiter {
             conn: store.connection(),
             names: store.names().clone(),
             script: redis::Script::new(HOSTLIMIT_LUA),
+            aimd: None,
+        }
+    }
+
+    /// Lets 429s lower the rates adaptively ([`Aimd`]).
+    pub fn with_aimd(self, aimd: Aimd) -> Self {
+        Self {
+            aimd: Some(aimd),
+            ..self
         }
     }
 
@@ -70,21 +107,52 @@ impl HostLimiter {
         limit: Option<Gcra>,
         max_wait: Duration,
     ) -> Result<Admission, StoreError> {
+        Ok(self.acquire_at_rate(host, limit, max_wait).await?.0)
+    }
+
+    /// [`HostLimiter::acquire`], and the factor of the configured rate in force (1 without
+    /// AIMD).
+    pub async fn acquire_at_rate(
+        &self,
+        host: &str,
+        limit: Option<Gcra>,
+        max_wait: Duration,
+    ) -> Result<(Admission, f64), StoreError> {
         let (interval, tolerance) =
             limit.map_or((0, 0), |l| (micros(l.interval).max(1), micros(l.tolerance)));
         let mut invocation = self.invocation(host, "acquire");
         invocation
             .arg(interval)
             .arg(tolerance)
-            .arg(micros(max_wait));
+            .arg(micros(max_wait))
+            .arg(self.aimd.map_or(0.0, |a| a.recovery_per_sec));
         let mut conn = self.conn.clone();
-        let (granted, wait_ms): (i64, i64) = invocation.invoke_async(&mut conn).await?;
-        let wait = Duration::from_millis(wait_ms.max(0) as u64);
-        Ok(if granted == 1 {
+        let answer: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        let (granted, wait_ms) = (answer.first() == Some(&1), answer.get(1).copied());
+        let wait = Duration::from_millis(wait_ms.unwrap_or(0).max(0) as u64);
+        let factor = answer.get(2).map_or(1.0, |ppm| *ppm as f64 / 1e6);
+        let admission = if granted {
             Admission::Go(wait)
         } else {
             Admission::Later(wait)
-        })
+        };
+        Ok((admission, factor))
+    }
+
+    /// With AIMD, a 429 from `host`: halves its rate factor (see [`Aimd`]) for every
+    /// fetcher; returns the factor now (1 without AIMD).
+    pub async fn throttled(&self, host: &str) -> Result<f64, StoreError> {
+        let Some(aimd) = self.aimd else {
+            return Ok(1.0);
+        };
+        let mut invocation = self.invocation(host, "throttle");
+        invocation
+            .arg(aimd.floor)
+            .arg(aimd.recovery_per_sec)
+            .arg(micros(aimd.spacing));
+        let mut conn = self.conn.clone();
+        let (_, ppm): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        Ok(ppm as f64 / 1e6)
     }
 
     /// Pauses `host` for every fetcher for `pause` from now (Redis time); a longer pause
@@ -102,6 +170,7 @@ impl HostLimiter {
         invocation
             .key(self.names.host_tat_key(host))
             .key(self.names.host_pause_key(host))
+            .key(self.names.host_rate_key(host))
             .arg(op);
         invocation
     }
@@ -240,6 +309,70 @@ mod tests {
             ask(&limiter, host, gcra(10, 0), 0).await,
             Admission::Go(ms(0))
         );
+        forget(&store, &[host]).await;
+    }
+
+    #[tokio::test]
+    async fn aimd_halves_on_429s_down_to_the_floor_and_recovers() {
+        let (limiter, store) = limiter().await;
+        let aimd = Aimd {
+            floor: 0.1,
+            recovery_per_sec: 1.0,
+            spacing: Duration::ZERO,
+        };
+        let limiter = limiter.with_aimd(aimd);
+        let host = "aimd.test";
+        let limit = gcra(10, 0);
+        let (_, factor) = limiter
+            .acquire_at_rate(host, Some(limit), ms(0))
+            .await
+            .unwrap();
+        assert_eq!(factor, 1.0);
+        let first = limiter.throttled(host).await.unwrap();
+        assert!((first - 0.5).abs() < 0.01, "{first}");
+        let mut last = first;
+        for _ in 0..6 {
+            last = limiter.throttled(host).await.unwrap();
+        }
+        assert!((last - 0.1).abs() < 0.01, "the floor: {last}");
+        // At about a tenth of the rate, the next slot is ~100 ms away, not 10 ms.
+        tokio::time::sleep(ms(20)).await;
+        let (admission, factor) = limiter
+            .acquire_at_rate(host, Some(limit), ms(0))
+            .await
+            .unwrap();
+        assert!(factor < 0.2, "{factor}");
+        let (Admission::Go(_), Admission::Later(wait)) = (
+            admission,
+            limiter.acquire(host, Some(limit), ms(0)).await.unwrap(),
+        ) else {
+            panic!("one slot, then a wait");
+        };
+        assert!(wait > ms(50), "{wait:?}");
+        // +1 per second: back to the full rate within a second.
+        tokio::time::sleep(ms(1000)).await;
+        let (_, factor) = limiter
+            .acquire_at_rate(host, Some(limit), ms(1000))
+            .await
+            .unwrap();
+        assert_eq!(factor, 1.0);
+        // With a spacing, a burst of 429s cuts once.
+        let spaced = HostLimiter::new(&store).with_aimd(Aimd::default());
+        let once = spaced.throttled("burst.test").await.unwrap();
+        let again = spaced.throttled("burst.test").await.unwrap();
+        assert!(
+            (once - 0.5).abs() < 0.01 && (again - once).abs() < 0.01,
+            "{once} {again}"
+        );
+        // Without AIMD a 429 changes nothing.
+        assert_eq!(HostLimiter::new(&store).throttled(host).await.unwrap(), 1.0);
+        let mut conn = store.connection();
+        let keys = [host, "burst.test"].map(|h| store.names().host_rate_key(h));
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         forget(&store, &[host]).await;
     }
 }

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -47,6 +47,15 @@ pub struct QueueLabel {
     pub queue: String,
 }
 
+/// A per-host bucket: a `--host-rate` pattern or [`OTHER_HOSTS`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+/// The bucket of every host no `--host-rate` pattern names.
+pub const OTHER_HOSTS: &str = "other";
+
 /// Every metric tributary exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -60,6 +69,9 @@ pub struct Metrics {
     http_responses: Family<StatusLabel, Counter>,
     fetched_bytes: Counter,
     fetch_seconds: Histogram,
+    host_requests: Family<HostLabel, Counter>,
+    host_throttled: Family<HostLabel, Counter>,
+    host_rate: Family<HostLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -76,6 +88,9 @@ impl Metrics {
             http_responses: Family::default(),
             fetched_bytes: Counter::default(),
             fetch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            host_requests: Family::default(),
+            host_throttled: Family::default(),
+            host_rate: Family::default(),
         };
         macro_rules! register {
             ($($name:literal, $help:literal => $metric:expr;)*) => {
@@ -92,6 +107,9 @@ impl Metrics {
             "http_responses", "Origin responses by status code" => m.http_responses;
             "fetched_bytes", "Body bytes downloaded" => m.fetched_bytes;
             "fetch_duration_seconds", "Time to download one task" => m.fetch_seconds;
+            "host_requests", "Origin responses per host bucket (a --host-rate pattern or other)" => m.host_requests;
+            "host_throttled", "429 responses per host bucket" => m.host_throttled;
+            "host_rate", "Configured requests per second of a host bucket" => m.host_rate;
         }
         Self { registry, ..m }
     }
@@ -153,6 +171,27 @@ impl Metrics {
         }
         self.fetched_bytes.inc_by(bytes as u64);
         self.fetch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One origin response (any status) for a host of `bucket`; a 429 also counts as
+    /// throttled.
+    pub fn host_response(&self, bucket: &str, status: u16) {
+        let labels = HostLabel {
+            host: bucket.to_string(),
+        };
+        self.host_requests.get_or_create(&labels).inc();
+        if status == 429 {
+            self.host_throttled.get_or_create(&labels).inc();
+        }
+    }
+
+    /// The rate (requests per second) of a host bucket.
+    pub fn set_host_rate(&self, bucket: &str, per_second: f64) {
+        self.host_rate
+            .get_or_create(&HostLabel {
+                host: bucket.to_string(),
+            })
+            .set(per_second);
     }
 
     /// The Prometheus text exposition.
@@ -259,7 +298,16 @@ mod tests {
         m.consumed(Stage::Fetch, 3);
         m.dead(Stage::Fetch, ErrorClass::HttpStatus);
         m.fetched(Some(200), 10, Duration::from_millis(5));
+        m.host_response("*.example.org", 429);
+        m.set_host_rate("*.example.org", 2.5);
         let text = m.encode();
+        for line in [
+            "tributary_host_requests_total{host=\"*.example.org\"} ",
+            "tributary_host_throttled_total{host=\"*.example.org\"} ",
+            "tributary_host_rate{host=\"*.example.org\"} 2.5",
+        ] {
+            assert!(text.contains(line), "no {line} in {text}");
+        }
         assert!(
             text.contains("tributary_tasks_consumed_total{stage=\"fetch\"}"),
             "{text}"

@@ -124,6 +124,18 @@ impl Names {
         format!("{}:host:{{{}}}:pause", self.ns, host)
     }
 
+    /// A host's adaptive (AIMD) rate factor after 429s, next to its TAT.
+    pub fn host_rate_key(&self, host: &str) -> String {
+        format!("{}:host:{{{}}}:rate", self.ns, host)
+    }
+
+    /// A URL's remembered `ETag` / `Last-Modified` and body (the fetcher's
+    /// `--conditional`), under a 64-bit FNV-1a hash of the URL (the hash holds the URL too,
+    /// so a collision is noticed, not served).
+    pub fn cond_key(&self, url: &str) -> String {
+        format!("{}:cond:{{{:016x}}}", self.ns, fnv1a(url.as_bytes()))
+    }
+
     /// The keys of one job, for clean-up.
     pub fn job_keys(&self, job: Uuid) -> [String; 4] {
         [
@@ -133,6 +145,13 @@ impl Names {
             self.latency_key(job),
         ]
     }
+}
+
+/// 64-bit FNV-1a: stable across processes, builds and machines.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// `200ms`, `5s`, `2m`, `1h`: the largest whole unit, for queue names.
@@ -171,6 +190,8 @@ mod tests {
             "ns:{00000000-0000-0000-0000-000000000000}:status"
         );
         assert_eq!(n.host_tat_key("example.com"), "ns:host:{example.com}:tat");
+        assert_eq!(n.cond_key(""), "ns:cond:{cbf29ce484222325}");
+        assert_eq!(n.cond_key("a"), "ns:cond:{af63dc4c8601ec8c}");
     }
 
     #[test]

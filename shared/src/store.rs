@@ -125,6 +125,11 @@ impl Store {
         &self.names
     }
 
+    /// How long job keys live (`--result-ttl`).
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
     /// The shared, self-reconnecting connection (for other scripts, e.g. `hostlimit`).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()

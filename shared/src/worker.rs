@@ -174,23 +174,12 @@ async fn connection_lost(conn: Arc<Connection>, names: Names) -> String {
 /// broker did not answer within 5 s. Other errors count as answers: the next sample tries
 /// again.
 async fn sample_queue_depths(conn: &Connection, names: &Names) -> bool {
-    use lapin::options::QueueDeclareOptions;
     let sampled = tokio::time::timeout(Duration::from_secs(5), async {
         let channel = conn.create_channel().await.ok()?;
         for stage in crate::names::Stage::ALL {
             let queue = names.queue(stage);
-            let declared = channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    lapin::types::FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(q) => crate::metrics::metrics().set_queue_depth(&queue, q.message_count()),
+            match amqp::queue_depth(&channel, &queue).await {
+                Ok(depth) => crate::metrics::metrics().set_queue_depth(&queue, depth),
                 Err(_) => break,
             }
         }

@@ -19,6 +19,7 @@
 //! | `GET /big/{bytes}`             | 200, `bytes` bytes of `x`, streamed, with `Content-Length`    |
 //! | `GET /big-chunked/{bytes}`     | as `/big`, but chunked (no `Content-Length`)                  |
 //! | `GET /slow/{ms}/{i}`           | sleeps `ms` milliseconds, then 200 quote                      |
+//! | `GET /etag/{i}`                | 200 quote with `ETag: "q{i}"`; 304 (empty) to a matching `If-None-Match` |
 //! | anything else                  | 404                                                           |
 
 use std::collections::HashMap;
@@ -78,6 +79,8 @@ struct Shared {
     attempts: Mutex<HashMap<String, u64>>,
     /// Whether `/missing/{i}.json` documents exist yet.
     missing_published: std::sync::atomic::AtomicBool,
+    /// Per `Host` header: requests being answered now, and the most there ever were.
+    in_flight: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Shared {
@@ -114,6 +117,7 @@ impl Origin {
             log: Mutex::new(Vec::new()),
             attempts: Mutex::new(HashMap::new()),
             missing_published: std::sync::atomic::AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
         });
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -178,6 +182,14 @@ impl Origin {
             .count()
     }
 
+    /// The most requests with `Host: host` (e.g. `127.0.0.1:PORT`) ever answered at
+    /// once (counted from arrival to the end of the handler).
+    pub fn max_in_flight(&self, host: &str) -> u64 {
+        lock(&self.shared.in_flight)
+            .get(host)
+            .map_or(0, |(_, most)| *most)
+    }
+
     /// From now on `/missing/{i}.json` serves the quote document `i` instead of 404.
     pub fn publish_missing(&self) {
         self.shared
@@ -233,6 +245,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/big/{bytes}", get(big))
         .route("/big-chunked/{bytes}", get(big_chunked))
         .route("/slow/{ms}/{i}", get(slow))
+        .route("/etag/{i}", get(etag))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), record))
         .with_state(shared)
@@ -249,10 +262,19 @@ async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let path = req.uri().path().to_owned();
+    {
+        let mut in_flight = lock(&shared.in_flight);
+        let (now, most) = in_flight.entry(host.clone()).or_insert((0, 0));
+        *now += 1;
+        *most = (*most).max(*now);
+    }
     if let Some(latency) = shared.latency {
         tokio::time::sleep(latency).await;
     }
     let response = next.run(req).await;
+    if let Some((now, _)) = lock(&shared.in_flight).get_mut(&host) {
+        *now -= 1;
+    }
     let status = response.status().as_u16();
     lock(&shared.log).push(RequestLog {
         at,
@@ -396,6 +418,23 @@ async fn slow(Path((ms, i)): Path<(String, String)>) -> Response {
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
     quote_response(i)
+}
+
+async fn etag(Path(file): Path<String>, headers: axum::http::HeaderMap) -> Response {
+    let Some(i) = parse_id(&file, ".json") else {
+        return not_found_response();
+    };
+    let tag = format!("\"q{i}\"");
+    let etag = HeaderValue::from_str(&tag).expect("a valid header");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == tag.as_bytes())
+    {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    let mut response = quote_response(i);
+    response.headers_mut().insert(header::ETAG, etag);
+    response
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! Fleet-wide per-host rate limits and pauses: two fetcher processes share one limit for a
 //! host through Redis, while another host name of the same origin runs at full speed, and
 //! nothing is lost or counted twice while tasks wait in the delay queues; a 429 with
-//! `Retry-After` holds every fetcher off that host until it elapses.
+//! `Retry-After` holds every fetcher off that host until it elapses; `--host-concurrency`
+//! caps one fetcher's requests in flight per host, and the per-host metrics are labelled by
+//! pattern.
 //!
-//! The fetchers are the built binaries, and the tests count request arrivals per second, so
-//! they are `#[ignore]`d in the parallel run; `scripts/test.sh` builds the binaries and runs
+//! The fetchers are the built binaries (the concurrency test's is in-process, so its
+//! metrics can be read), and the tests count request arrivals per second, so they are
+//! `#[ignore]`d in the parallel run; `scripts/test.sh` builds the binaries and runs
 //! them in its serial step.
 
 use std::process::Command;
@@ -264,4 +267,94 @@ fn busiest_window_counts_half_open_windows() {
     let times = [at(0), at(500), at(999), at(1000), at(1200), at(1300)];
     assert_eq!(busiest_window(&times, Duration::from_secs(1)), 5);
     assert_eq!(busiest_window(&[], Duration::from_secs(1)), 0);
+}
+
+/// Every stage in this process, the fetcher with `--retry-delays 100ms,200ms` and `flags`
+/// (so the test can read its metrics).
+async fn in_process(label: &str, flags: &str) -> App {
+    let options = AppOptions {
+        fetcher_args: format!("--retry-delays 100ms,200ms {flags}")
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+        ..AppOptions::default()
+    };
+    App::spawn(label, options).await.unwrap()
+}
+
+/// Runs a job of `lines` (quote ids `0..n`): every task aggregated, the aggregate exact.
+async fn run_exactly(app: &App, lines: &[String], n: u64) {
+    let job = app.enqueue_lines(lines, &[]).await.unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (n, 0), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+}
+
+/// The value of the first exposition line starting with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "timing-sensitive (requests in flight at the origin); run in the serial step"]
+async fn host_concurrency_caps_one_fetcher_and_host_metrics_use_patterns() {
+    let flags = "--concurrency 16 --host-concurrency 2 --host-rate 127.0.0.1=1000/s";
+    let app = in_process("hostcap", flags).await;
+    let port = app.origin.addr().port();
+    let mut lines: Vec<String> = (0..20)
+        .map(|i| format!("http://127.0.0.1:{port}/slow/200/{i}.json"))
+        .chain((20..30).map(|i| format!("http://localhost:{port}/slow/200/{i}.json")))
+        .collect();
+    lines.push(format!("http://127.0.0.1:{port}/retry-after/1/30"));
+    run_exactly(&app, &lines, 31).await;
+    // Every host is capped at 2 downloads at once, and the cap was reached.
+    assert_eq!(app.origin.max_in_flight(&format!("127.0.0.1:{port}")), 2);
+    assert!(app.origin.max_in_flight(&format!("localhost:{port}")) <= 2);
+
+    // The fetcher runs in this process: its per-host figures are labelled by the
+    // `--host-rate` pattern, and every other host is `other`.
+    let text = tributary::metrics::metrics().encode();
+    let host = "{host=\"127.0.0.1\"}";
+    assert!(metric(&text, &format!("tributary_host_requests_total{host}")) >= 22.0);
+    assert!(metric(&text, &format!("tributary_host_throttled_total{host}")) >= 1.0);
+    assert_eq!(metric(&text, &format!("tributary_host_rate{host}")), 1000.0);
+    assert!(metric(&text, "tributary_host_requests_total{host=\"other\"}") >= 10.0);
+    assert!(
+        !text.contains("localhost"),
+        "a raw host in a label:\n{text}"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "reads this process's metrics, which other fetchers here write; run in the serial step"]
+async fn repeated_429s_lower_the_host_rate_for_every_fetcher() {
+    let app = in_process("aimd", "--host-rate 127.0.0.1=100/s --host-aimd").await;
+    let port = app.origin.addr().port();
+    // Each id answers 429 (`Retry-After: 0`) once, then the quote.
+    let lines: Vec<String> = (0..20)
+        .map(|i| format!("http://127.0.0.1:{port}/retry-after/0/{i}"))
+        .collect();
+    run_exactly(&app, &lines, 20).await;
+    // The lowered rate is in Redis, next to the TAT, for every fetcher...
+    let mut conn = app.store.connection();
+    let factor: f64 = redis::cmd("HGET")
+        .arg(app.names.host_rate_key("127.0.0.1"))
+        .arg("f")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((0.1..=0.5).contains(&factor), "{factor}");
+    // ... and in the gauge.
+    let text = tributary::metrics::metrics().encode();
+    let rate = metric(&text, "tributary_host_rate{host=\"127.0.0.1\"}");
+    assert!((10.0..100.0).contains(&rate), "{rate}");
+    app.shutdown().await.unwrap();
 }

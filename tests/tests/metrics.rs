@@ -58,6 +58,8 @@ async fn stages_count_into_metrics_and_report_ready() {
     assert!(value("tributary_tasks_dead_total{stage=\"fetch\",class=\"http_status\"}") >= 1.0);
     assert!(value("tributary_http_responses_total{status=\"200\"}") >= 30.0);
     assert!(value("tributary_fetched_bytes_total") > 0.0);
+    // Without --host-rate every host is in the one `other` bucket.
+    assert!(value("tributary_host_requests_total{host=\"other\"}") >= 31.0);
     assert!(text.contains("tributary_fetch_duration_seconds_bucket"));
     let depth = format!("tributary_queue_depth{{queue=\"{}.fetch\"}}", app.namespace);
     assert!(text.contains(&depth), "no {depth} in\n{text}");

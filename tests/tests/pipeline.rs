@@ -283,3 +283,30 @@ async fn processor_pointers_and_record_arrays() {
     }
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn conditional_requests_reuse_the_last_body_on_304() {
+    let fetcher_args = ["--retry-delays", "100ms,200ms", "--conditional"];
+    let options = AppOptions {
+        fetcher_args: fetcher_args.map(String::from).to_vec(),
+        ..AppOptions::default()
+    };
+    let app = App::spawn("conditional", options).await.unwrap();
+    let lines: Vec<String> = (0..40)
+        .map(|i| app.origin.url(&format!("/etag/{i}.json")))
+        .collect();
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let job = app.enqueue_lines(&lines, &[]).await.unwrap();
+        let status = app.wait_done(job, LIMIT).await.unwrap();
+        assert_eq!((status.aggregated, status.dead), (40, 0), "{status:?}");
+        results.push(app.results_json(job).await.unwrap());
+    }
+    let log = app.origin.requests();
+    let answered = |code: u16| log.iter().filter(|r| r.status == code).count();
+    assert_eq!((answered(200), answered(304)), (40, 40), "{log:?}");
+    // A 304 reuses the last payload's body: the aggregate is the same as for a 200.
+    assert_close(&results[0], &expected_aggregate(0..40));
+    assert_eq!(results[0]["groups"], results[1]["groups"]);
+    app.shutdown().await.unwrap();
+}

@@ -2,20 +2,52 @@
 -- time, so the clocks of the fetcher machines never matter. Times are microseconds.
 --
 -- KEYS[1] = the host's theoretical arrival time (TAT), KEYS[2] = the host's "paused
--- until" (set after a 429/503 with Retry-After). Both share the host's hash tag.
+-- until" (set after a 429/503 with Retry-After), KEYS[3] = the host's adaptive (AIMD) rate
+-- factor: a hash {f = factor of the configured rate, at = when set, cut = last cut}. All
+-- share the host's hash tag.
+--
+-- AIMD: the factor recovers additively, `recovery` per second since `at`, up to 1; a
+-- 'throttle' (a 429) halves the recovered factor, at the floor at least, at most once per
+-- `spacing`. Absent, the factor is 1.
 --
 -- ARGV[1] = 'pause': ARGV[2] = how long. Pauses the host for that long from now (a longer
 -- pause already set stays). Returns {1, 0}.
 --
 -- ARGV[1] = 'acquire': ARGV[2] = emission interval T = 1/rate (0: no rate, only the pause
 -- is checked), ARGV[3] = burst tolerance tau, ARGV[4] = the longest wait the caller is
--- willing to sleep. A paused host answers {0, ms until the pause ends}. Otherwise a request
+-- willing to sleep, ARGV[5] = the AIMD recovery per second (0 or absent: no AIMD, the
+-- configured interval as is; otherwise the interval is divided by the factor). A paused host answers {0, ms until the pause ends}. Otherwise a request
 -- conforms at `now` when now >= TAT - tau; if the wait until then is at most ARGV[4], the
 -- slot is reserved (TAT advances by T) and the caller sleeps the wait, then fetches
 -- without asking again. A longer wait reserves nothing.
--- Returns {1, wait_ms} (granted; sleep wait_ms first, often 0) or {0, wait_ms} (not now).
+-- Returns {1, wait_ms} (granted; sleep wait_ms first, often 0) or {0, wait_ms} (not now),
+-- and a third element: the factor in millionths.
+--
+-- ARGV[1] = 'throttle': ARGV[2] = floor factor, ARGV[3] = recovery per second, ARGV[4] =
+-- the least time between two cuts. Returns {1, factor in millionths}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+-- The AIMD factor now, recovered since it was set, and the time of the last cut.
+local function factor_now(recovery)
+  local f, at, cut = unpack(redis.call('HMGET', KEYS[3], 'f', 'at', 'cut'))
+  if not f then return 1, 0 end
+  local recovered = tonumber(f) + recovery * (now - tonumber(at)) / 1000000
+  return math.min(1, recovered), tonumber(cut) or 0
+end
+
+if ARGV[1] == 'throttle' then
+  local floor = tonumber(ARGV[2])
+  local recovery = tonumber(ARGV[3])
+  local factor, cut = factor_now(recovery)
+  if now - cut >= tonumber(ARGV[4]) then
+    factor = math.max(floor, factor / 2)
+    redis.call('HSET', KEYS[3], 'f', string.format('%.6f', factor), 'at',
+      string.format('%d', now), 'cut', string.format('%d', now))
+    redis.call('PEXPIRE', KEYS[3], math.ceil((1 - factor) / recovery * 1000) + 1000)
+  end
+  return {1, math.floor(factor * 1000000 + 0.5)}
+end
 
 if ARGV[1] == 'pause' then
   local pause = tonumber(ARGV[2])
@@ -31,7 +63,14 @@ local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 if paused > now then return {0, math.ceil((paused - now) / 1000)} end
 
 local interval = tonumber(ARGV[2])
-if interval == 0 then return {1, 0} end
+if interval == 0 then return {1, 0, 1000000} end
+local factor = 1
+local recovery = tonumber(ARGV[5] or '0') or 0
+if recovery > 0 then
+  factor = factor_now(recovery)
+  interval = math.ceil(interval / factor)
+end
+local ppm = math.floor(factor * 1000000 + 0.5)
 local tolerance = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
 local stored = redis.call('GET', KEYS[1])
@@ -39,8 +78,8 @@ local tat = now
 if stored then tat = math.max(tonumber(stored), now) end
 local wait = math.max(tat - tolerance - now, 0)
 local wait_ms = math.ceil(wait / 1000)
-if wait > max_wait then return {0, wait_ms} end
+if wait > max_wait then return {0, wait_ms, ppm} end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat))
 redis.call('PEXPIRE', KEYS[1], math.ceil((new_tat - now) / 1000) + 1000)
-return {1, wait_ms}
+return {1, wait_ms, ppm}
