@@ -212,6 +212,9 @@ pub enum Admit {
     Defer(Duration),
 }
 
+/// Slots a task may miss by waking late before it is deferred to the broker.
+const MAX_STALE_SLOTS: usize = 4;
+
 /// The rate table bound to the fleet-wide limiter.
 #[derive(Debug, Clone)]
 pub struct HostLimits {
@@ -243,22 +246,34 @@ impl HostLimits {
             return Ok(Admit::Fetch);
         }
         let limit = rate.map(Rate::gcra);
-        let (admission, factor) = self
-            .limiter
-            .acquire_at_rate(&host, limit, self.max_wait)
-            .await?;
-        if let Some(rate) = rate {
-            metrics().set_host_rate(&self.table.bucket_of(&host), rate.per_second() * factor);
-        }
-        match admission {
-            Admission::Go(wait) => {
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-                Ok(Admit::Fetch)
+        // A slot is a moment, not a permit: a task that wakes for its slot much later than
+        // reserved (a busy machine delays timers) would send together with the next slots'
+        // tasks, so it gives the slot up and asks again.
+        let stale_after = limit.map_or(Duration::MAX, |g| {
+            (g.interval / 2).max(Duration::from_millis(5))
+        });
+        for _ in 0..MAX_STALE_SLOTS {
+            let (admission, factor) = self
+                .limiter
+                .acquire_at_rate(&host, limit, self.max_wait)
+                .await?;
+            if let Some(rate) = rate {
+                metrics().set_host_rate(&self.table.bucket_of(&host), rate.per_second() * factor);
             }
-            Admission::Later(wait) => Ok(Admit::Defer(wait)),
+            match admission {
+                Admission::Go(wait) if wait.is_zero() => return Ok(Admit::Fetch),
+                Admission::Go(wait) => {
+                    let due = tokio::time::Instant::now() + wait;
+                    tokio::time::sleep_until(due).await;
+                    if tokio::time::Instant::now().saturating_duration_since(due) <= stale_after {
+                        return Ok(Admit::Fetch);
+                    }
+                }
+                Admission::Later(wait) => return Ok(Admit::Defer(wait)),
+            }
         }
+        // Woken late again and again: the machine is overloaded; wait in the broker.
+        Ok(Admit::Defer(self.max_wait))
     }
 
     /// With `--host-pause`, a 429 or 503 with a `Retry-After` pauses the URL's host for
