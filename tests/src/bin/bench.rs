@@ -935,6 +935,41 @@ fn url_file(ctx: &Ctx<'_>) -> anyhow::Result<tempfile::NamedTempFile> {
 }
 
 /// The producer command for `job`.
+/// A producer child process being timed.
+struct Spawned {
+    job: Uuid,
+    pid: u32,
+    started: Instant,
+    /// The bench's children CPU ticks before the producer ran.
+    children_before: u64,
+    watch: CloseWatch,
+    /// Resolves to the producer's output and how long it ran.
+    wait: tokio::task::JoinHandle<(std::io::Result<std::process::Output>, Duration)>,
+}
+
+/// Starts `producer enqueue` of `file` as a new job and starts timing and watching it.
+fn spawn_producer(ctx: &Ctx<'_>, file: &Path) -> anyhow::Result<Spawned> {
+    let job = Uuid::new_v4();
+    let mut cmd = producer_command(ctx, file, job)?;
+    let children_before = children_ticks();
+    let started = Instant::now();
+    let producer = cmd.spawn().context("starting the producer")?;
+    let pid = producer.id();
+    let watch = watch_closely(pid, started);
+    let wait = tokio::task::spawn_blocking(move || {
+        let out = producer.wait_with_output();
+        (out, started.elapsed())
+    });
+    Ok(Spawned {
+        job,
+        pid,
+        started,
+        children_before,
+        watch,
+        wait,
+    })
+}
+
 fn producer_command(ctx: &Ctx<'_>, file: &Path, job: Uuid) -> anyhow::Result<Command> {
     let log = ctx.logs.join(format!("{}-producer.log", ctx.namespace));
     let (_, err) = log_file(&log)?;
@@ -1028,17 +1063,14 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let machine_before = machine_ticks();
 
     // The measured window: from spawning the producer until Redis says done.
-    let job = Uuid::new_v4();
-    let mut cmd = producer_command(ctx, file.path(), job)?;
-    let children_before = children_ticks();
-    let started = Instant::now();
-    let producer = cmd.spawn().context("starting the producer")?;
-    let producer_pid = producer.id();
-    let producer_watch = watch_closely(producer_pid, started);
-    let mut producer_wait = tokio::task::spawn_blocking(move || {
-        let out = producer.wait_with_output();
-        (out, started.elapsed())
-    });
+    let Spawned {
+        job,
+        pid: producer_pid,
+        started,
+        children_before,
+        watch: producer_watch,
+        wait: mut producer_wait,
+    } = spawn_producer(ctx, file.path())?;
     let mut producer_done: Option<(std::io::Result<std::process::Output>, Duration)> = None;
     let limit = Duration::from_secs(args.timeout_secs);
     let mut last_progress = Instant::now();
@@ -1227,19 +1259,15 @@ async fn enqueue_only(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         .map(|(_, p)| p.and_then(cpu_ticks))
         .collect();
     let machine_before = machine_ticks();
-    let job = Uuid::new_v4();
-    let mut cmd = producer_command(ctx, file.path(), job)?;
-    let children_before = children_ticks();
-    let started = Instant::now();
-    let producer = cmd.spawn().context("starting the producer")?;
-    let pid = producer.id();
-    let watch = watch_closely(pid, started);
-    let (out, elapsed) = tokio::task::spawn_blocking(move || {
-        let out = producer.wait_with_output();
-        (out, started.elapsed())
-    })
-    .await
-    .context("the producer waiter")?;
+    let Spawned {
+        job,
+        pid,
+        children_before,
+        watch,
+        wait,
+        ..
+    } = spawn_producer(ctx, file.path())?;
+    let (out, elapsed) = wait.await.context("the producer waiter")?;
     let out = out.context("waiting for the producer")?;
     let cpu_after: Vec<Option<u64>> = services
         .iter()
