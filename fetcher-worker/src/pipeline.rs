@@ -20,12 +20,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
-use tributary::amqp::{self, confirm_channel};
+use tributary::amqp::{self, HeadersExt, confirm_channel, header, headers_of};
 use tributary::deadletter::{
     TaskRef, attempt_of, dead_properties, enqueued_ms_of, stage_properties, traceparent_of,
 };
 use tributary::error::{Disposition, ErrorClass, Failure, RetryPolicy};
-use tributary::hostlimit::{Aimd, HostLimiter};
+use tributary::hostlimit::{Aimd, HostLimiter, Turn};
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_TASK, Payload, PayloadHeader, Task, TaskEntry,
     decode_tasks, encode_payloads, now_ms,
@@ -66,11 +66,13 @@ enum Outcome {
         tag: u64,
         failed: FailedTask,
     },
-    /// The task's host has no slot soon: put it aside for `wait` (not an attempt).
+    /// The task's host has no slot soon: put it aside for `wait` (not an attempt), with its
+    /// turn in the host's queue.
     Deferred {
         tag: u64,
         held: Held,
         wait: std::time::Duration,
+        turn: Option<Turn>,
     },
     /// Redis failed the rate-limit or conditional-request look-up: an infrastructure error,
     /// the session ends.
@@ -193,6 +195,7 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                     attempt: attempt_of(&delivery.properties),
                     enqueued_ms: enqueued_ms_of(&delivery.properties).unwrap_or_else(now_ms),
                     traceparent: traceparent_of(&delivery.properties).map(Arc::from),
+                    turn: headers_of(&delivery.properties).get_u64(header::HOST_TURN).map(Turn),
                 };
                 let attempt = received.attempt;
                 let entries = decode_tasks(
@@ -241,7 +244,7 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                         }
                     }
                     Outcome::Failed { tag, failed } => disposals.push(sink.dispose(tag, failed)),
-                    Outcome::Deferred { tag, held, wait } => disposals.push(sink.defer(tag, held, wait)),
+                    Outcome::Deferred { tag, held, wait, turn } => disposals.push(sink.defer(tag, held, wait, turn)),
                     Outcome::Broken(e) => return Err(e.context("a Redis check of the fetch failed")),
                 }
             }
@@ -276,6 +279,8 @@ struct Received {
     attempt: u32,
     enqueued_ms: u64,
     traceparent: Option<Arc<str>>,
+    /// The turn a task put aside by its host's rate limit carries back.
+    turn: Option<Turn>,
 }
 
 /// What every download of a session shares: the client, and the optional politeness.
@@ -303,14 +308,16 @@ impl Fetcher {
         let Some(limits) = &self.limits else {
             return self.fetch_one(task, received).await;
         };
-        match limits.admit(&task.url).await {
+        match limits.admit(&task.url, received.turn).await {
             Ok(Admit::Fetch) => {}
-            Ok(Admit::Defer(wait)) => {
+            Ok(Admit::Defer { wait, turn }) => {
+                metrics().host_deferred(&self.rates.bucket_of_url(&task.url));
                 let traceparent = received.traceparent.as_deref().map(str::to_string);
                 return Outcome::Deferred {
                     tag: received.tag,
                     held: Held::of(&task, received.enqueued_ms, traceparent, received.attempt),
                     wait,
+                    turn,
                 };
             }
             Err(e) => return Outcome::Broken(e.into()),
@@ -368,6 +375,7 @@ impl Fetcher {
             attempt,
             enqueued_ms,
             traceparent,
+            ..
         } = received;
         let trace = TraceParent::continue_from(traceparent.as_deref());
         let span = tracing::debug_span!("task", task_id = %task.task_id, job_id = %task.job_id, trace_id = %trace.trace_id_hex());
@@ -485,12 +493,24 @@ impl Sink {
 
     /// Puts a task aside for `wait` because its host is at its rate limit: the same delay
     /// queues as retries, but the attempt number stays as it is.
-    fn defer(&self, tag: u64, held: Held, wait: std::time::Duration) -> Disposal {
+    /// It carries its `turn` in the host's queue, if the limiter gave it one.
+    fn defer(
+        &self,
+        tag: u64,
+        held: Held,
+        wait: std::time::Duration,
+        turn: Option<Turn>,
+    ) -> Disposal {
         let Some(Disposition::Retry { step, ttl }) = self.ctx.policy.wait_for(wait) else {
             return Box::pin(async { anyhow::bail!("no --retry-delays step to defer a task to") });
         };
         tracing::debug!(task_id = ?held.task.task_id, ?wait, "host at its rate limit: task deferred");
-        let (routing_key, properties, mark) = retry_route(step, ttl, held.attempt, &held.task);
+        let (routing_key, mut properties, mark) = retry_route(step, ttl, held.attempt, &held.task);
+        if let Some(Turn(turn)) = turn {
+            let mut headers = headers_of(&properties);
+            headers.set_u64(header::HOST_TURN, turn);
+            properties = properties.with_headers(headers);
+        }
         self.send(tag, held, routing_key, properties, mark, || {})
     }
 

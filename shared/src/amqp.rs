@@ -179,6 +179,9 @@ pub mod header {
     pub const ENQUEUED_MS: &str = "x-tributary-enqueued-ms";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// On a task put aside by its host's rate limit: its turn in the host's queue (Redis
+    /// time, microseconds since the epoch; see `hostlimit::Turn`).
+    pub const HOST_TURN: &str = "x-tributary-host-turn";
 }
 
 #[cfg(test)]

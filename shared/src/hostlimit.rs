@@ -63,6 +63,22 @@ pub enum Admission {
     Later(Duration),
 }
 
+/// The limiter's whole answer: the admission, the factor of the configured rate in force
+/// (1 without AIMD), and with [`Admission::Later`] the caller's turn, to carry until it
+/// asks again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Answer {
+    pub admission: Admission,
+    pub factor: f64,
+    pub turn: Option<Turn>,
+}
+
+/// A place in a host's queue: when (Redis time, microseconds since the epoch) a task put
+/// aside should come back for a slot. An estimate, not a reservation: it keeps tasks put
+/// aside one after another coming back one interval apart, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Turn(pub u64);
+
 /// The per-host limiter of one namespace. Cheap to clone.
 #[derive(Clone)]
 pub struct HostLimiter {
@@ -107,17 +123,18 @@ impl HostLimiter {
         limit: Option<Gcra>,
         max_wait: Duration,
     ) -> Result<Admission, StoreError> {
-        Ok(self.acquire_at_rate(host, limit, max_wait).await?.0)
+        Ok(self.ask(host, limit, max_wait, None).await?.admission)
     }
 
-    /// [`HostLimiter::acquire`], and the factor of the configured rate in force (1 without
-    /// AIMD).
-    pub async fn acquire_at_rate(
+    /// [`HostLimiter::acquire`] for a caller holding `turn` (from an earlier
+    /// [`Admission::Later`]; `None` the first time), with the whole [`Answer`].
+    pub async fn ask(
         &self,
         host: &str,
         limit: Option<Gcra>,
         max_wait: Duration,
-    ) -> Result<(Admission, f64), StoreError> {
+        turn: Option<Turn>,
+    ) -> Result<Answer, StoreError> {
         let (interval, tolerance) =
             limit.map_or((0, 0), |l| (micros(l.interval).max(1), micros(l.tolerance)));
         let mut invocation = self.invocation(host, "acquire");
@@ -125,18 +142,24 @@ impl HostLimiter {
             .arg(interval)
             .arg(tolerance)
             .arg(micros(max_wait))
-            .arg(self.aimd.map_or(0.0, |a| a.recovery_per_sec));
+            .arg(self.aimd.map_or(0.0, |a| a.recovery_per_sec))
+            .arg(turn.map_or(0, |t| t.0));
         let mut conn = self.conn.clone();
         let answer: Vec<i64> = invocation.invoke_async(&mut conn).await?;
         let (granted, wait_ms) = (answer.first() == Some(&1), answer.get(1).copied());
         let wait = Duration::from_millis(wait_ms.unwrap_or(0).max(0) as u64);
         let factor = answer.get(2).map_or(1.0, |ppm| *ppm as f64 / 1e6);
+        let turn = answer.get(3).filter(|t| **t > 0).map(|t| Turn(*t as u64));
         let admission = if granted {
             Admission::Go(wait)
         } else {
             Admission::Later(wait)
         };
-        Ok((admission, factor))
+        Ok(Answer {
+            admission,
+            factor,
+            turn,
+        })
     }
 
     /// With AIMD, a 429 from `host`: halves its rate factor (see [`Aimd`]) for every
@@ -171,6 +194,7 @@ impl HostLimiter {
             .key(self.names.host_tat_key(host))
             .key(self.names.host_pause_key(host))
             .key(self.names.host_rate_key(host))
+            .key(self.names.host_queue_key(host))
             .arg(op);
         invocation
     }
@@ -213,9 +237,17 @@ mod tests {
 
     /// Deletes the hosts' keys.
     async fn forget(store: &Store, hosts: &[&str]) {
+        let names = store.names();
         let keys: Vec<String> = hosts
             .iter()
-            .map(|h| store.names().host_tat_key(h))
+            .flat_map(|h| {
+                [
+                    names.host_tat_key(h),
+                    names.host_pause_key(h),
+                    names.host_rate_key(h),
+                    names.host_queue_key(h),
+                ]
+            })
             .collect();
         let mut conn = store.connection();
         let _: () = redis::cmd("DEL")
@@ -233,16 +265,29 @@ mod tests {
         let limit = gcra(100, 100);
         assert_eq!(ask(&limiter, host, limit, 0).await, Admission::Go(ms(0)));
         assert_eq!(ask(&limiter, host, limit, 0).await, Admission::Go(ms(0)));
-        // The third is ~100 ms away: too far for a caller that will not wait...
-        let Admission::Later(wait) = ask(&limiter, host, limit, 0).await else {
-            panic!("a third request at once must not pass");
+        // The third is ~100 ms away: too far for a caller that will not wait, which is
+        // given that moment as its turn...
+        let later = |turn| limiter.ask(host, Some(limit), ms(0), turn);
+        let third = later(None).await.unwrap();
+        let (Admission::Later(wait), Some(turn)) = (third.admission, third.turn) else {
+            panic!("a third request at once must not pass: {third:?}");
         };
         assert!(wait > ms(80) && wait <= ms(101), "{wait:?}");
-        // ... and asking again reserved nothing: the wait has not grown.
-        let Admission::Later(again) = ask(&limiter, host, limit, 0).await else {
-            panic!("still too early");
+        // ... a fourth is told to come back one interval after it...
+        let fourth = later(None).await.unwrap();
+        let (Admission::Later(next), Some(next_turn)) = (fourth.admission, fourth.turn) else {
+            panic!("{fourth:?}");
         };
-        assert!(again <= wait, "{again:?} > {wait:?}");
+        assert_eq!(next_turn.0 - turn.0, 100_000);
+        assert!(next >= wait + ms(98), "{next:?} after {wait:?}");
+        // ... and the third, asking again with its turn, keeps its place; no slot was
+        // reserved meanwhile.
+        let again = later(Some(turn)).await.unwrap();
+        let (Admission::Later(again_wait), Some(kept)) = (again.admission, again.turn) else {
+            panic!("still too early: {again:?}");
+        };
+        assert_eq!(kept, turn);
+        assert!(again_wait <= wait, "{again_wait:?} > {wait:?}");
         // A caller that sleeps up to 250 ms gets the next slots, 100 ms apart.
         let Admission::Go(first) = ask(&limiter, host, limit, 250).await else {
             panic!("within 250 ms");
@@ -323,10 +368,11 @@ mod tests {
         let limiter = limiter.with_aimd(aimd);
         let host = "aimd.test";
         let limit = gcra(10, 0);
-        let (_, factor) = limiter
-            .acquire_at_rate(host, Some(limit), ms(0))
+        let factor = limiter
+            .ask(host, Some(limit), ms(0), None)
             .await
-            .unwrap();
+            .unwrap()
+            .factor;
         assert_eq!(factor, 1.0);
         let first = limiter.throttled(host).await.unwrap();
         assert!((first - 0.5).abs() < 0.01, "{first}");
@@ -337,10 +383,9 @@ mod tests {
         assert!((last - 0.1).abs() < 0.01, "the floor: {last}");
         // At about a tenth of the rate, the next slot is ~100 ms away, not 10 ms.
         tokio::time::sleep(ms(20)).await;
-        let (admission, factor) = limiter
-            .acquire_at_rate(host, Some(limit), ms(0))
-            .await
-            .unwrap();
+        let Answer {
+            admission, factor, ..
+        } = limiter.ask(host, Some(limit), ms(0), None).await.unwrap();
         assert!(factor < 0.2, "{factor}");
         let (Admission::Go(_), Admission::Later(wait)) = (
             admission,
@@ -351,10 +396,11 @@ mod tests {
         assert!(wait > ms(50), "{wait:?}");
         // +1 per second: back to the full rate within a second.
         tokio::time::sleep(ms(1000)).await;
-        let (_, factor) = limiter
-            .acquire_at_rate(host, Some(limit), ms(1000))
+        let factor = limiter
+            .ask(host, Some(limit), ms(1000), None)
             .await
-            .unwrap();
+            .unwrap()
+            .factor;
         assert_eq!(factor, 1.0);
         // With a spacing, a burst of 429s cuts once.
         let spaced = HostLimiter::new(&store).with_aimd(Aimd::default());
@@ -366,13 +412,6 @@ mod tests {
         );
         // Without AIMD a 429 changes nothing.
         assert_eq!(HostLimiter::new(&store).throttled(host).await.unwrap(), 1.0);
-        let mut conn = store.connection();
-        let keys = [host, "burst.test"].map(|h| store.names().host_rate_key(h));
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        forget(&store, &[host]).await;
+        forget(&store, &[host, "burst.test"]).await;
     }
 }

@@ -71,6 +71,7 @@ pub struct Metrics {
     fetch_seconds: Histogram,
     host_requests: Family<HostLabel, Counter>,
     host_throttled: Family<HostLabel, Counter>,
+    host_deferred: Family<HostLabel, Counter>,
     host_rate: Family<HostLabel, Gauge<f64, AtomicU64>>,
 }
 
@@ -90,6 +91,7 @@ impl Metrics {
             fetch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             host_requests: Family::default(),
             host_throttled: Family::default(),
+            host_deferred: Family::default(),
             host_rate: Family::default(),
         };
         macro_rules! register {
@@ -109,6 +111,7 @@ impl Metrics {
             "fetch_duration_seconds", "Time to download one task" => m.fetch_seconds;
             "host_requests", "Origin responses per host bucket (a --host-rate pattern or other)" => m.host_requests;
             "host_throttled", "429 responses per host bucket" => m.host_throttled;
+            "host_deferred", "Tasks put aside in a delay queue by a host bucket's rate limit or pause (not attempts)" => m.host_deferred;
             "host_rate", "Configured requests per second of a host bucket" => m.host_rate;
         }
         Self { registry, ..m }
@@ -183,6 +186,15 @@ impl Metrics {
         if status == 429 {
             self.host_throttled.get_or_create(&labels).inc();
         }
+    }
+
+    /// One task of a host bucket put aside by its rate limit or pause.
+    pub fn host_deferred(&self, bucket: &str) {
+        self.host_deferred
+            .get_or_create(&HostLabel {
+                host: bucket.to_string(),
+            })
+            .inc();
     }
 
     /// The rate (requests per second) of a host bucket.

@@ -124,6 +124,11 @@ impl Names {
         format!("{}:host:{{{}}}:pause", self.ns, host)
     }
 
+    /// A host's queue horizon: the next turn the limiter gives a task it puts aside.
+    pub fn host_queue_key(&self, host: &str) -> String {
+        format!("{}:host:{{{}}}:queue", self.ns, host)
+    }
+
     /// A host's adaptive (AIMD) rate factor after 429s, next to its TAT.
     pub fn host_rate_key(&self, host: &str) -> String {
         format!("{}:host:{{{}}}:rate", self.ns, host)

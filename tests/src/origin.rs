@@ -1,7 +1,7 @@
 //! A small in-process HTTP origin server (axum) for tests, demos and
 //! benchmarks.
 //!
-//! [`Origin::start`] binds `127.0.0.1:0`, serves in a background tokio task
+//! [`Origin::start`] binds `127.0.0.1:0`, serves on a runtime of its own
 //! and records every request. It stops when [`Origin::shutdown`] is called
 //! or the `Origin` is dropped.
 //!
@@ -38,7 +38,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::quotes::quote_body;
 
@@ -99,16 +98,21 @@ pub struct Origin {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    /// Fires when the origin's thread is done.
+    finished: Option<oneshot::Receiver<()>>,
 }
 
 impl Origin {
-    /// Binds `127.0.0.1:0` and starts serving in a background task of the
-    /// current tokio runtime.
+    /// Binds `127.0.0.1:0` and starts serving on a runtime of its own (two worker threads,
+    /// named `test-origin`), so the origin answers like a separate server: requests are not
+    /// queued behind the test's own tasks (in-process workers), which would bunch the
+    /// arrival times the rate-limit tests count.
     pub async fn start(options: OriginOptions) -> anyhow::Result<Origin> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
             .context("binding the test origin to 127.0.0.1:0")?;
+        listener
+            .set_nonblocking(true)
+            .context("making the test origin's socket non-blocking")?;
         let addr = listener
             .local_addr()
             .context("reading the test origin's address")?;
@@ -120,24 +124,31 @@ impl Origin {
             in_flight: Mutex::new(HashMap::new()),
         });
         let app = router(shared.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-origin")
+            .enable_all()
+            .build()
+            .context("starting the test origin's runtime")?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    // A dropped sender also means stop.
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "test origin stopped with an error");
-            }
-        });
+        let (done, finished) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("test-origin".into())
+            .spawn(move || {
+                if let Err(e) = runtime.block_on(serve(listener, app, stopped)) {
+                    tracing::warn!(error = %e, "test origin stopped with an error");
+                }
+                // Connections still open after the grace period are dropped.
+                runtime.shutdown_background();
+                let _ = done.send(());
+            })
+            .context("starting the test origin's thread")?;
         tracing::debug!(%addr, "test origin started");
         Ok(Origin {
             addr,
             shared,
             stop: Some(stop),
-            task: Some(task),
+            finished: Some(finished),
         })
     }
 
@@ -205,17 +216,13 @@ impl Origin {
     }
 
     /// Stops accepting connections and waits (up to 5 s) for in-flight
-    /// requests to finish; after that the server task is aborted.
+    /// requests to finish; after that their connections are dropped.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
-                .await
-                .is_err()
-        {
-            task.abort();
+        if let Some(finished) = self.finished.take() {
+            let _ = finished.await;
         }
     }
 }
@@ -224,6 +231,29 @@ impl Drop for Origin {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stopped` fires (or its sender is dropped), then for
+/// up to [`SHUTDOWN_GRACE`] while in-flight requests finish.
+async fn serve(
+    listener: std::net::TcpListener,
+    app: Router,
+    stopped: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let (graceful, draining) = oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = draining.await;
+    });
+    let server = std::future::IntoFuture::into_future(server);
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served,
+        _ = stopped => {
+            let _ = graceful.send(());
+            tokio::time::timeout(SHUTDOWN_GRACE, server).await.unwrap_or(Ok(()))
         }
     }
 }

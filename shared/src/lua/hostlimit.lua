@@ -3,8 +3,9 @@
 --
 -- KEYS[1] = the host's theoretical arrival time (TAT), KEYS[2] = the host's "paused
 -- until" (set after a 429/503 with Retry-After), KEYS[3] = the host's adaptive (AIMD) rate
--- factor: a hash {f = factor of the configured rate, at = when set, cut = last cut}. All
--- share the host's hash tag.
+-- factor: a hash {f = factor of the configured rate, at = when set, cut = last cut},
+-- KEYS[4] = the host's queue horizon (the next turn to give, see 'acquire'). All share the
+-- host's hash tag.
 --
 -- AIMD: the factor recovers additively, `recovery` per second since `at`, up to 1; a
 -- 'throttle' (a 429) halves the recovered factor, at the floor at least, at most once per
@@ -16,12 +17,21 @@
 -- ARGV[1] = 'acquire': ARGV[2] = emission interval T = 1/rate (0: no rate, only the pause
 -- is checked), ARGV[3] = burst tolerance tau, ARGV[4] = the longest wait the caller is
 -- willing to sleep, ARGV[5] = the AIMD recovery per second (0 or absent: no AIMD, the
--- configured interval as is; otherwise the interval is divided by the factor). A paused host answers {0, ms until the pause ends}. Otherwise a request
--- conforms at `now` when now >= TAT - tau; if the wait until then is at most ARGV[4], the
--- slot is reserved (TAT advances by T) and the caller sleeps the wait, then fetches
--- without asking again. A longer wait reserves nothing.
--- Returns {1, wait_ms} (granted; sleep wait_ms first, often 0) or {0, wait_ms} (not now),
--- and a third element: the factor in millionths.
+-- configured interval as is; otherwise the interval is divided by the factor), ARGV[6] =
+-- the caller's turn (below), 0 for none. A paused host answers {0, ms until the pause
+-- ends, 1000000, the caller's turn}. Otherwise a request conforms at `now` when now >= TAT - tau; if the wait until
+-- then is at most ARGV[4], the slot is reserved (TAT advances by T) and the caller sleeps
+-- the wait, then fetches without asking again. A longer wait reserves no slot.
+--
+-- Turns (KEYS[4], the host's queue horizon): a caller without a turn that gets no slot is
+-- given one, the horizon's time (at least the next conforming time), and the horizon moves
+-- on by T, so callers put aside one after another are told to come back one interval
+-- apart, in order, instead of all coming back together and asking again and again. A turn
+-- is an estimate, not a reservation: a caller with a turn that gets no slot is told to come
+-- back at its turn or, if that has passed, when the host next conforms (not at the back).
+-- Returns {1, wait_ms, factor in millionths} (granted; sleep wait_ms first, often 0) or
+-- {0, wait_ms, factor in millionths, turn} (not now; come back in wait_ms; the turn to
+-- carry, 0 for none).
 --
 -- ARGV[1] = 'throttle': ARGV[2] = floor factor, ARGV[3] = recovery per second, ARGV[4] =
 -- the least time between two cuts. Returns {1, factor in millionths}.
@@ -60,7 +70,7 @@ if ARGV[1] == 'pause' then
 end
 
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if paused > now then return {0, math.ceil((paused - now) / 1000)} end
+if paused > now then return {0, math.ceil((paused - now) / 1000), 1000000, ARGV[6] or '0'} end
 
 local interval = tonumber(ARGV[2])
 if interval == 0 then return {1, 0, 1000000} end
@@ -78,7 +88,17 @@ local tat = now
 if stored then tat = math.max(tonumber(stored), now) end
 local wait = math.max(tat - tolerance - now, 0)
 local wait_ms = math.ceil(wait / 1000)
-if wait > max_wait then return {0, wait_ms, ppm} end
+if wait > max_wait then
+  local turn = tonumber(ARGV[6] or '0') or 0
+  if turn > 0 then
+    return {0, math.ceil(math.max(turn - now, wait) / 1000), ppm, string.format('%d', turn)}
+  end
+  turn = math.max(tonumber(redis.call('GET', KEYS[4]) or '0') or 0, now + wait)
+  local horizon = turn + interval
+  redis.call('SET', KEYS[4], string.format('%d', horizon))
+  redis.call('PEXPIRE', KEYS[4], math.ceil((horizon - now) / 1000) + 1000)
+  return {0, math.ceil((turn - now) / 1000), ppm, string.format('%d', turn)}
+end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat))
 redis.call('PEXPIRE', KEYS[1], math.ceil((new_tat - now) / 1000) + 1000)
