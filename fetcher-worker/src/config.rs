@@ -72,8 +72,10 @@ pub struct Config {
     pub host_wait_max: Duration,
 
     /// A 429 or 503 with `Retry-After` pauses its host for every fetcher of the namespace
-    /// (capped at the last `--retry-delays` step), not just the one task. Off by default.
-    #[arg(long, env = "FETCHER_HOST_PAUSE")]
+    /// (capped at the last `--retry-delays` step), not just the one task. On by default;
+    /// `--host-pause false` turns it off.
+    #[arg(long, env = "FETCHER_HOST_PAUSE", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub host_pause: bool,
 
     /// Adaptive rates: each 429 from a host with a rate halves that rate fleet-wide (at most
@@ -119,5 +121,24 @@ impl Config {
 impl tributary::cli::BinaryConfig for Config {
     fn common(&self) -> &CommonArgs {
         &self.common
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("fetcher-worker").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn host_pause_is_on_unless_turned_off() {
+        assert!(parse(&[]).host_pause);
+        assert!(parse(&["--host-pause"]).host_pause);
+        assert!(parse(&["--host-pause", "true"]).host_pause);
+        assert!(!parse(&["--host-pause", "false"]).host_pause);
+        assert!(!parse(&["--host-pause=false", "--host-aimd"]).host_pause);
     }
 }

@@ -29,9 +29,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let rates = config.rate_table();
     rates.publish_rates();
     anyhow::ensure!(
-        (rates.is_empty() && !config.host_pause) || !policy.delays.is_empty(),
-        "--host-rate, --default-host-rate and --host-pause need at least one --retry-delays \
-         step to put tasks aside in"
+        rates.is_empty() || !policy.delays.is_empty(),
+        "--host-rate and --default-host-rate need at least one --retry-delays step to put \
+         tasks aside in"
     );
     let http = http::Http::new(http::HttpOptions {
         timeout: Duration::from_millis(config.timeout_ms.max(1)),

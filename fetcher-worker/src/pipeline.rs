@@ -144,18 +144,22 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
     let mut disposals: FuturesUnordered<Disposal> = FuturesUnordered::new();
     let mut deliveries: HashMap<u64, Delivery> = HashMap::new();
     let mut batch = Batch::default();
-    let limits = (!ctx.rates.is_empty() || config.host_pause).then(|| HostLimits {
+    // A pause needs a delay queue to put the host's tasks aside in.
+    let max_pause = config
+        .host_pause
+        .then(|| ctx.policy.delays.last().copied())
+        .flatten();
+    let limits = (!ctx.rates.is_empty() || max_pause.is_some()).then(|| HostLimits {
         table: ctx.rates.clone(),
         limiter: match config.host_aimd {
             true => HostLimiter::new(&session.store).with_aimd(Aimd::default()),
             false => HostLimiter::new(&session.store),
         },
         max_wait: config.host_wait_max,
-        max_pause: config
-            .host_pause
-            .then(|| ctx.policy.delays.last().copied())
-            .flatten(),
+        max_pause,
+        paused: Default::default(),
     });
+    let _pause_watch = limits.as_ref().and_then(HostLimits::watch_pauses);
     let fetcher = Arc::new(Fetcher {
         http: ctx.http.clone(),
         rates: ctx.rates.clone(),

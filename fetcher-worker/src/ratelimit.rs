@@ -8,8 +8,10 @@
 //! wildcard beats a shorter one, and `--default-host-rate` covers every other host. A
 //! bare `*` is refused: say `--default-host-rate`.
 //!
-//! With `--host-pause`, a 429 or 503 with `Retry-After` pauses its host for every fetcher
-//! (capped at the last `--retry-delays` step), whether or not the host has a rate. With
+//! With `--host-pause` (on by default), a 429 or 503 with `Retry-After` pauses its host for
+//! every fetcher (capped at the last `--retry-delays` step), whether or not the host has a
+//! rate; each fetcher reads the paused hosts every [`PAUSE_REFRESH`], so a host without a
+//! rate costs a Redis call per request only while it may be paused. With
 //! `--host-aimd`, a 429 from a host that has a rate lowers that rate fleet-wide
 //! ([`tributary::hostlimit::Aimd`]).
 //!
@@ -17,9 +19,13 @@
 //! ([`RateTable::bucket_of`]); the `host_rate` gauge of a bucket shows the rate last in
 //! force for one of its hosts.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use tokio_util::task::AbortOnDropHandle;
 
 use tributary::error::Failure;
 use tributary::hostlimit::{Admission, Gcra, HostLimiter, Turn};
@@ -219,6 +225,35 @@ const MIN_LATENESS: Duration = Duration::from_millis(25);
 /// Slots a task may miss by waking late before it is deferred to the broker.
 const MAX_STALE_SLOTS: usize = 4;
 
+/// How often a fetcher reads which hosts are paused: a pause set by another fetcher
+/// reaches this one within about this long.
+pub const PAUSE_REFRESH: Duration = Duration::from_millis(200);
+
+/// This process's view of the hosts paused fleet-wide ([`HostLimits::watch_pauses`]), so
+/// a host without a rate costs a Redis call only while it may be paused.
+#[derive(Debug, Default)]
+pub struct PausedHosts(RwLock<HashSet<String>>);
+
+impl PausedHosts {
+    fn contains(&self, host: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(host)
+    }
+
+    fn insert(&self, host: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string());
+    }
+
+    fn replace(&self, hosts: Vec<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = hosts.into_iter().collect();
+    }
+}
+
 /// The rate table bound to the fleet-wide limiter.
 #[derive(Debug, Clone)]
 pub struct HostLimits {
@@ -228,6 +263,8 @@ pub struct HostLimits {
     pub max_wait: Duration,
     /// With `--host-pause`: the longest pause a `Retry-After` may set.
     pub max_pause: Option<Duration>,
+    /// With `--host-pause`: the hosts paused now, as last read.
+    pub paused: Arc<PausedHosts>,
 }
 
 /// The host of a URL, lowercase, without the port.
@@ -247,7 +284,9 @@ impl HostLimits {
             return Ok(Admit::Fetch);
         };
         let rate = self.table.rate_of(&host);
-        if rate.is_none() && self.max_pause.is_none() {
+        // The script checks the pause of a host it is asked about; a host without a rate
+        // is asked about only while it may be paused.
+        if rate.is_none() && (self.max_pause.is_none() || !self.paused.contains(&host)) {
             return Ok(Admit::Fetch);
         }
         let limit = rate.map(Rate::gcra);
@@ -291,6 +330,25 @@ impl HostLimits {
         })
     }
 
+    /// With `--host-pause`, keeps [`HostLimits::paused`] current (every
+    /// [`PAUSE_REFRESH`]) until the returned handle is dropped. A failed read keeps the
+    /// last view (the session notices a Redis outage on its own calls).
+    pub fn watch_pauses(&self) -> Option<AbortOnDropHandle<()>> {
+        self.max_pause?;
+        let (limiter, paused) = (self.limiter.clone(), self.paused.clone());
+        Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PAUSE_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match limiter.paused_hosts().await {
+                    Ok(hosts) => paused.replace(hosts),
+                    Err(e) => tracing::debug!(error = %e, "reading the paused hosts failed"),
+                }
+            }
+        })))
+    }
+
     /// How long a task told to come back in `wait` spends in the broker: with a turn, it
     /// comes back half a `--host-wait-max` early, so it can take its slot with a short
     /// reserved sleep rather than miss it by the delay queue's lateness.
@@ -324,7 +382,9 @@ impl HostLimits {
         match host_of(url) {
             Some(host) if !after.is_zero() => {
                 tracing::info!(%host, ?after, "origin asked to wait: host paused fleet-wide");
-                self.limiter.pause(&host, after.min(cap)).await
+                self.limiter.pause(&host, after.min(cap)).await?;
+                self.paused.insert(&host);
+                Ok(())
             }
             _ => Ok(()),
         }

@@ -24,6 +24,7 @@ use crate::names::Names;
 use crate::store::{Store, StoreError};
 
 const HOSTLIMIT_LUA: &str = include_str!("lua/hostlimit.lua");
+const PAUSED_LUA: &str = include_str!("lua/paused.lua");
 
 /// A GCRA limit: one request per `interval`, with `tolerance` of burst (a tolerance of
 /// `k × interval` lets `k + 1` requests through at once after a quiet spell).
@@ -85,6 +86,7 @@ pub struct HostLimiter {
     conn: ConnectionManager,
     names: Names,
     script: redis::Script,
+    paused: redis::Script,
     aimd: Option<Aimd>,
 }
 
@@ -103,6 +105,7 @@ impl HostLimiter {
             conn: store.connection(),
             names: store.names().clone(),
             script: redis::Script::new(HOSTLIMIT_LUA),
+            paused: redis::Script::new(PAUSED_LUA),
             aimd: None,
         }
     }
@@ -179,13 +182,28 @@ impl HostLimiter {
     }
 
     /// Pauses `host` for every fetcher for `pause` from now (Redis time); a longer pause
-    /// already set stays.
+    /// already set stays. The host is listed in [`HostLimiter::paused_hosts`] until then.
     pub async fn pause(&self, host: &str, pause: Duration) -> Result<(), StoreError> {
         let mut invocation = self.invocation(host, "pause");
         invocation.arg(micros(pause));
         let mut conn = self.conn.clone();
-        let _: (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        let (_, until): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        // A second call, not a key of the script: the set is not in the host's hash slot.
+        let _: () = redis::cmd("ZADD")
+            .arg(self.names.paused_hosts_key())
+            .arg(until)
+            .arg(host)
+            .query_async(&mut conn)
+            .await?;
         Ok(())
+    }
+
+    /// The hosts paused now, by any fetcher of the namespace (ended pauses are forgotten).
+    pub async fn paused_hosts(&self) -> Result<Vec<String>, StoreError> {
+        let mut invocation = self.paused.prepare_invoke();
+        invocation.key(self.names.paused_hosts_key());
+        let mut conn = self.conn.clone();
+        Ok(invocation.invoke_async(&mut conn).await?)
     }
 
     fn invocation(&self, host: &str, op: &str) -> redis::ScriptInvocation<'_> {
@@ -348,8 +366,15 @@ mod tests {
         let Admission::Later(_) = ask(&limiter, host, gcra(10, 0), 1000).await else {
             panic!("paused");
         };
+        // Every fetcher can see which hosts are paused...
+        assert_eq!(
+            limiter.paused_hosts().await.unwrap(),
+            vec![host.to_string()]
+        );
         tokio::time::sleep(wait + ms(5)).await;
         assert_eq!(check(0).await.unwrap(), Admission::Go(ms(0)));
+        // ... until the pause ends.
+        assert!(limiter.paused_hosts().await.unwrap().is_empty());
         assert_eq!(
             ask(&limiter, host, gcra(10, 0), 0).await,
             Admission::Go(ms(0))

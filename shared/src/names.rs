@@ -124,6 +124,12 @@ impl Names {
         format!("{}:host:{{{}}}:pause", self.ns, host)
     }
 
+    /// Sorted set of the hosts paused now, scored by "paused until": every fetcher's
+    /// local view of pauses, so hosts without a rate cost no Redis call per request.
+    pub fn paused_hosts_key(&self) -> String {
+        format!("{}:paused-hosts", self.ns)
+    }
+
     /// A host's queue horizon: the next turn the limiter gives a task it puts aside.
     pub fn host_queue_key(&self, host: &str) -> String {
         format!("{}:host:{{{}}}:queue", self.ns, host)

@@ -12,7 +12,7 @@
 -- `spacing`. Absent, the factor is 1.
 --
 -- ARGV[1] = 'pause': ARGV[2] = how long. Pauses the host for that long from now (a longer
--- pause already set stays). Returns {1, 0}.
+-- pause already set stays). Returns {1, paused until}.
 --
 -- ARGV[1] = 'acquire': ARGV[2] = emission interval T = 1/rate (0: no rate, only the pause
 -- is checked), ARGV[3] = burst tolerance tau, ARGV[4] = the longest wait the caller is
@@ -65,8 +65,9 @@ if ARGV[1] == 'pause' then
   if now + pause > paused then
     redis.call('SET', KEYS[2], string.format('%d', now + pause))
     redis.call('PEXPIRE', KEYS[2], math.ceil(pause / 1000) + 1000)
+    paused = now + pause
   end
-  return {1, 0}
+  return {1, string.format('%d', paused)}
 end
 
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
