@@ -84,8 +84,8 @@ pub struct Config {
     #[arg(long, env = "FETCHER_HOST_AIMD")]
     pub host_aimd: bool,
 
-    /// Downloads in flight at once per host, **per fetcher process** (the fleet-wide knob is
-    /// `--host-rate`). Off by default.
+    /// Downloads in flight at once per host, across every fetcher of the namespace (a lease
+    /// in Redis per download). Off by default.
     #[arg(long, env = "FETCHER_HOST_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
     pub host_concurrency: Option<u32>,
 

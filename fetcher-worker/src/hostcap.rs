@@ -1,34 +1,68 @@
-//! `--host-concurrency`: at most N downloads in flight per host **in one fetcher process**
-//! (the fleet-wide knob is `--host-rate`). One semaphore per host, in a map that drops a
-//! host's entry as soon as nobody holds or waits for its semaphore, so the map is as large
-//! as the hosts in flight, never as the hosts ever seen.
+//! `--host-concurrency`: at most N downloads in flight per host **across the fleet**.
+//!
+//! Two gates. In this process, one semaphore per host (in a map that drops a host's entry
+//! as soon as nobody holds or waits for its semaphore, so the map is as large as the hosts
+//! in flight, never as the hosts ever seen) lets at most N of its tasks go on; each of those
+//! then takes one of the host's N fleet-wide leases in Redis
+//! ([`tributary::leases::HostLeases`]), polling while every lease is held. So at most N
+//! tasks per process poll for a host, and at most N downloads of it run in the whole
+//! fleet. A lease lasts the download timeout plus [`LEASE_MARGIN`]: a fetcher that dies
+//! holding one frees it then.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tributary::leases::HostLeases;
+use tributary::store::StoreError;
+use uuid::Uuid;
+
+/// How much longer than the download timeout a lease lasts (Redis writes after the
+/// download, a slow machine).
+pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The first and the longest pause between two tries for a lease of a host at its cap.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// The fleet-wide half of a cap: the leases and how long one lasts.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub leases: HostLeases,
+    pub lease: Duration,
+}
 
 /// The per-host concurrency cap of one fetcher session.
 #[derive(Debug)]
 pub struct HostCap {
     per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    fleet: Option<Fleet>,
 }
 
-/// One download slot of a host; frees it (and the host's entry, if idle) on drop.
+/// One download slot of a host; frees it (the lease, and the host's entry if idle) on drop.
 #[derive(Debug)]
 pub struct HostSlot {
     cap: Arc<HostCap>,
     host: String,
     permit: Option<OwnedSemaphorePermit>,
+    lease: Option<Uuid>,
 }
 
 impl HostCap {
-    /// At most `per_host` (at least 1) slots per host.
+    /// At most `per_host` (at least 1) slots per host in this process.
     pub fn new(per_host: usize) -> Arc<Self> {
+        Self::with_fleet(per_host, None)
+    }
+
+    /// At most `per_host` (at least 1) slots per host in this process and, with `fleet`,
+    /// in every process of the namespace.
+    pub fn with_fleet(per_host: usize, fleet: Option<Fleet>) -> Arc<Self> {
         Arc::new(Self {
             per_host: per_host.max(1),
             hosts: Mutex::new(HashMap::new()),
+            fleet,
         })
     }
 
@@ -37,13 +71,14 @@ impl HostCap {
     }
 
     /// Waits for a slot of `host`.
-    pub async fn acquire(self: &Arc<Self>, host: &str) -> HostSlot {
+    pub async fn acquire(self: &Arc<Self>, host: &str) -> Result<HostSlot, StoreError> {
         // Declared first, so dropped last if the wait is cancelled: it then sees only the
         // map's handle on the semaphore and tidies the entry up.
         let mut slot = HostSlot {
             cap: self.clone(),
             host: host.to_string(),
             permit: None,
+            lease: None,
         };
         let semaphore = self
             .hosts()
@@ -51,7 +86,17 @@ impl HostCap {
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
             .clone();
         slot.permit = Some(semaphore.acquire_owned().await.expect("never closed"));
-        slot
+        if let Some(fleet) = &self.fleet {
+            let id = Uuid::new_v4();
+            let cap = self.per_host as u32;
+            let mut pause = POLL_FIRST;
+            while !fleet.leases.take(host, cap, fleet.lease, id).await? {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(POLL_MAX);
+            }
+            slot.lease = Some(id);
+        }
+        Ok(slot)
     }
 
     /// Hosts with a slot held or awaited.
@@ -62,6 +107,17 @@ impl HostCap {
 
 impl Drop for HostSlot {
     fn drop(&mut self) {
+        if let (Some(id), Some(fleet)) = (self.lease.take(), &self.cap.fleet)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // If this fails the lease runs out on its own.
+            let (leases, host) = (fleet.leases.clone(), self.host.clone());
+            runtime.spawn(async move {
+                if let Err(e) = leases.give(&host, id).await {
+                    tracing::debug!(%host, error = %e, "giving a host lease back failed");
+                }
+            });
+        }
         drop(self.permit.take());
         let mut hosts = self.cap.hosts();
         // Only the map holds the semaphore: no holder, no waiter (clones happen under the
@@ -91,9 +147,9 @@ mod tests {
         for i in 0..10 {
             let (cap, in_flight, most) = (cap.clone(), in_flight.clone(), most.clone());
             tasks.push(tokio::spawn(async move {
-                let _slot = cap.acquire("a.example").await;
+                let _slot = cap.acquire("a.example").await.unwrap();
                 let _other = if i == 0 {
-                    Some(cap.acquire("b.example").await)
+                    Some(cap.acquire("b.example").await.unwrap())
                 } else {
                     None
                 };
@@ -113,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn hosts_do_not_share_slots_and_a_cancelled_wait_tidies_up() {
         let cap = HostCap::new(1);
-        let held = cap.acquire("a").await;
+        let held = cap.acquire("a").await.unwrap();
         // Another host is not held up by `a`.
         let other = tokio::time::timeout(Duration::from_secs(1), cap.acquire("b")).await;
         assert!(other.is_ok());

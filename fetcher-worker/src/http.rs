@@ -48,6 +48,11 @@ pub struct Http {
 }
 
 impl Http {
+    /// The overall timeout of one download.
+    pub fn timeout(&self) -> Duration {
+        self.options.timeout
+    }
+
     pub fn new(options: HttpOptions) -> anyhow::Result<Self> {
         let allow_private = options.allow_private;
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {

@@ -26,20 +26,21 @@ use tributary::deadletter::{
 };
 use tributary::error::{Disposition, ErrorClass, Failure, RetryPolicy};
 use tributary::hostlimit::{Aimd, HostLimiter, Turn};
+use tributary::leases::HostLeases;
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_TASK, Payload, PayloadHeader, Task, TaskEntry,
     decode_tasks, encode_payloads, now_ms,
 };
 use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
-use tributary::store::{Mark, Store};
+use tributary::store::{Mark, Store, StoreError};
 use tributary::trace::TraceParent;
 use tributary::worker::{Drain, Session};
 use uuid::Uuid;
 
 use crate::conditional::Conditional;
 use crate::config::Config;
-use crate::hostcap::{HostCap, HostSlot};
+use crate::hostcap::{Fleet, HostCap, HostSlot, LEASE_MARGIN};
 use crate::http::{Fetched, Http};
 use crate::ratelimit::{Admit, HostLimits, RateTable, host_of};
 
@@ -164,7 +165,13 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
         http: ctx.http.clone(),
         rates: ctx.rates.clone(),
         limits,
-        cap: config.host_concurrency.map(|n| HostCap::new(n as usize)),
+        cap: config.host_concurrency.map(|n| {
+            let fleet = Fleet {
+                leases: HostLeases::new(&session.store),
+                lease: ctx.http.timeout() + LEASE_MARGIN,
+            };
+            HostCap::with_fleet(n as usize, Some(fleet))
+        }),
         conditional: config.conditional.then(|| Conditional::new(&session.store)),
     });
     let mut drain = Drain::new(config.worker.shutdown_timeout);
@@ -223,7 +230,10 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                             fetches.spawn(async move {
                                 // The host's slot first: tasks waiting for a busy host do
                                 // not hold the download slots other hosts could use.
-                                let _host = fetcher.host_slot(&task.url).await;
+                                let _host = match fetcher.host_slot(&task.url).await {
+                                    Ok(slot) => slot,
+                                    Err(e) => return Outcome::Broken(e.into()),
+                                };
                                 let _slot = slots.acquire_owned().await;
                                 fetcher.fetch(task, received).await
                             });
@@ -300,10 +310,12 @@ struct Fetcher {
 }
 
 impl Fetcher {
-    /// With `--host-concurrency`, waits for a slot of the URL's host.
-    async fn host_slot(&self, url: &str) -> Option<HostSlot> {
-        let cap = self.cap.as_ref()?;
-        Some(cap.acquire(&host_of(url)?).await)
+    /// With `--host-concurrency`, waits for a slot of the URL's host (none without a host).
+    async fn host_slot(&self, url: &str) -> Result<Option<HostSlot>, StoreError> {
+        let (Some(cap), Some(host)) = (&self.cap, host_of(url)) else {
+            return Ok(None);
+        };
+        cap.acquire(&host).await.map(Some)
     }
 
     /// Waits for the host's rate (or defers the task), downloads, and pauses the host if

@@ -130,6 +130,11 @@ impl Names {
         format!("{}:paused-hosts", self.ns)
     }
 
+    /// A host's concurrency leases (the fetcher's `--host-concurrency`), next to its TAT.
+    pub fn host_leases_key(&self, host: &str) -> String {
+        format!("{}:host:{{{}}}:leases", self.ns, host)
+    }
+
     /// A host's queue horizon: the next turn the limiter gives a task it puts aside.
     pub fn host_queue_key(&self, host: &str) -> String {
         format!("{}:host:{{{}}}:queue", self.ns, host)

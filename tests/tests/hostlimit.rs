@@ -1,14 +1,14 @@
-//! Fleet-wide per-host rate limits and pauses: two fetcher processes share one limit for a
-//! host through Redis, while another host name of the same origin runs at full speed, and
-//! nothing is lost or counted twice while tasks wait in the delay queues; a 429 with
-//! `Retry-After` holds every fetcher off that host until it elapses; `--host-concurrency`
-//! caps one fetcher's requests in flight per host, and the per-host metrics are labelled by
-//! pattern.
+//! Fleet-wide per-host limits: two fetcher processes (three in the acceptance run)
+//! share one rate for a host through Redis, while another host name of the same origin
+//! runs at full speed, and nothing is lost or counted twice while tasks wait in the delay
+//! queues; a 429 with `Retry-After` holds every fetcher off that host until it elapses (on
+//! by default); `--host-concurrency` caps a host's downloads in flight across two fetchers;
+//! AIMD lowers a rate after 429s, and the per-host metrics are labelled by pattern.
 //!
-//! The fetchers are the built binaries (the concurrency test's is in-process, so its
-//! metrics can be read), and the tests count request arrivals per second, so they are
-//! `#[ignore]`d in the parallel run; `scripts/test.sh` builds the binaries and runs
-//! them in its serial step.
+//! The fetchers are the built binaries (the metrics tests' are in-process, so their
+//! metrics can be read), and the tests count request arrivals per second or in flight, so
+//! they are `#[ignore]`d in the parallel run; `scripts/test.sh` builds the binaries and
+//! runs them in its serial step.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -370,6 +370,35 @@ async fn host_concurrency_caps_one_fetcher_and_host_metrics_use_patterns() {
         "a raw host in a label:\n{text}"
     );
     app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "timing-sensitive (requests in flight at the origin); run in the serial step"]
+async fn host_concurrency_caps_the_whole_fleet() {
+    let (app, fetchers) = start("hostcap-fleet", "--concurrency 16 --host-concurrency 2").await;
+    let port = app.origin.addr().port();
+    let lines: Vec<String> = (0..20)
+        .map(|i| format!("http://127.0.0.1:{port}/slow/200/{i}.json"))
+        .chain((20..30).map(|i| format!("http://localhost:{port}/slow/200/{i}.json")))
+        .collect();
+    // One task per message, so both fetchers get some of each host.
+    let job = app
+        .enqueue_lines(&lines, &["--batch-size", "1"])
+        .await
+        .unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (30, 0), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..30),
+    );
+    // Two fetchers of 2 each, yet 2 downloads of a host at once in all, and the cap was
+    // reached.
+    for host in ["127.0.0.1", "localhost"] {
+        let most = app.origin.max_in_flight(&format!("{host}:{port}"));
+        assert_eq!(most, 2, "{most} downloads of {host} at once");
+    }
+    stop(app, fetchers).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
