@@ -70,8 +70,9 @@ impl HostCap {
         self.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a slot of `host`.
-    pub async fn acquire(self: &Arc<Self>, host: &str) -> Result<HostSlot, StoreError> {
+    /// Waits for this process's slot of `host`; with a fleet, [`HostSlot::lease`] then
+    /// waits for the fleet's.
+    pub async fn acquire(self: &Arc<Self>, host: &str) -> HostSlot {
         // Declared first, so dropped last if the wait is cancelled: it then sees only the
         // map's handle on the semaphore and tidies the entry up.
         let mut slot = HostSlot {
@@ -86,47 +87,67 @@ impl HostCap {
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
             .clone();
         slot.permit = Some(semaphore.acquire_owned().await.expect("never closed"));
-        if let Some(fleet) = &self.fleet {
-            let id = Uuid::new_v4();
-            let cap = self.per_host as u32;
-            let mut pause = POLL_FIRST;
-            while !fleet.leases.take(host, cap, fleet.lease, id).await? {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(POLL_MAX);
-            }
-            slot.lease = Some(id);
-        }
-        Ok(slot)
+        slot
     }
 
     /// Hosts with a slot held or awaited.
     pub fn tracked(&self) -> usize {
         self.hosts().len()
     }
+
+    /// Forgets `host`'s semaphore if only the map holds it: no holder, no waiter (clones
+    /// happen under the lock, so this cannot race with a new `acquire`).
+    fn tidy(&self, host: &str) {
+        let mut hosts = self.hosts();
+        if hosts.get(host).is_some_and(|s| Arc::strong_count(s) == 1) {
+            hosts.remove(host);
+        }
+    }
+}
+
+impl HostSlot {
+    /// With a fleet, waits for one of the host's leases (polling while all are held). Take
+    /// it just before the download, so that it lasts the download, not waits.
+    pub async fn lease(&mut self) -> Result<(), StoreError> {
+        let Some(fleet) = &self.cap.fleet else {
+            return Ok(());
+        };
+        let id = Uuid::new_v4();
+        // Recorded first: if this wait is cancelled, or an error hides a lease Redis did
+        // take, dropping the slot gives it back (giving an id never taken is harmless).
+        self.lease = Some(id);
+        let cap = self.cap.per_host as u32;
+        let mut pause = POLL_FIRST;
+        while !fleet.leases.take(&self.host, cap, fleet.lease, id).await? {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for HostSlot {
     fn drop(&mut self) {
-        if let (Some(id), Some(fleet)) = (self.lease.take(), &self.cap.fleet)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            // If this fails the lease runs out on its own.
-            let (leases, host) = (fleet.leases.clone(), self.host.clone());
-            runtime.spawn(async move {
-                if let Err(e) = leases.give(&host, id).await {
-                    tracing::debug!(%host, error = %e, "giving a host lease back failed");
-                }
-            });
-        }
-        drop(self.permit.take());
-        let mut hosts = self.cap.hosts();
-        // Only the map holds the semaphore: no holder, no waiter (clones happen under the
-        // lock, so this cannot race with a new `acquire`).
-        if hosts
-            .get(&self.host)
-            .is_some_and(|s| Arc::strong_count(s) == 1)
-        {
-            hosts.remove(&self.host);
+        let permit = self.permit.take();
+        let lease = self.lease.take().zip(self.cap.fleet.as_ref());
+        match (lease, tokio::runtime::Handle::try_current()) {
+            (Some((id, fleet)), Ok(runtime)) => {
+                let (leases, cap, host) =
+                    (fleet.leases.clone(), self.cap.clone(), self.host.clone());
+                runtime.spawn(async move {
+                    // If this fails the lease runs out on its own.
+                    if let Err(e) = leases.give(&host, id).await {
+                        tracing::debug!(%host, error = %e, "giving a host lease back failed");
+                    }
+                    // Only now may this process's next task of the host ask for a lease.
+                    drop(permit);
+                    cap.tidy(&host);
+                });
+            }
+            _ => {
+                drop(permit);
+                self.cap.tidy(&self.host);
+            }
         }
     }
 }
@@ -147,9 +168,9 @@ mod tests {
         for i in 0..10 {
             let (cap, in_flight, most) = (cap.clone(), in_flight.clone(), most.clone());
             tasks.push(tokio::spawn(async move {
-                let _slot = cap.acquire("a.example").await.unwrap();
+                let _slot = cap.acquire("a.example").await;
                 let _other = if i == 0 {
-                    Some(cap.acquire("b.example").await.unwrap())
+                    Some(cap.acquire("b.example").await)
                 } else {
                     None
                 };
@@ -169,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn hosts_do_not_share_slots_and_a_cancelled_wait_tidies_up() {
         let cap = HostCap::new(1);
-        let held = cap.acquire("a").await.unwrap();
+        let held = cap.acquire("a").await;
         // Another host is not held up by `a`.
         let other = tokio::time::timeout(Duration::from_secs(1), cap.acquire("b")).await;
         assert!(other.is_ok());

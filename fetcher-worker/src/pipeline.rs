@@ -33,7 +33,7 @@ use tributary::message::{
 };
 use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
-use tributary::store::{Mark, Store, StoreError};
+use tributary::store::{Mark, Store};
 use tributary::trace::TraceParent;
 use tributary::worker::{Drain, Session};
 use uuid::Uuid;
@@ -150,6 +150,9 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
         .host_pause
         .then(|| ctx.policy.delays.last().copied())
         .flatten();
+    if config.host_pause && max_pause.is_none() {
+        tracing::warn!("no --retry-delays: a Retry-After cannot pause its host (--host-pause)");
+    }
     let limits = (!ctx.rates.is_empty() || max_pause.is_some()).then(|| HostLimits {
         table: ctx.rates.clone(),
         limiter: match config.host_aimd {
@@ -159,6 +162,7 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
         max_wait: config.host_wait_max,
         max_pause,
         paused: Default::default(),
+        rtt_floor: Default::default(),
     });
     let _pause_watch = limits.as_ref().and_then(HostLimits::watch_pauses);
     let fetcher = Arc::new(Fetcher {
@@ -230,11 +234,14 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
                             fetches.spawn(async move {
                                 // The host's slot first: tasks waiting for a busy host do
                                 // not hold the download slots other hosts could use.
-                                let _host = match fetcher.host_slot(&task.url).await {
-                                    Ok(slot) => slot,
-                                    Err(e) => return Outcome::Broken(e.into()),
-                                };
+                                let mut host = fetcher.host_slot(&task.url).await;
                                 let _slot = slots.acquire_owned().await;
+                                // The fleet's lease last, so it lasts the download only.
+                                if let Some(host) = &mut host
+                                    && let Err(e) = host.lease().await
+                                {
+                                    return Outcome::Broken(e.into());
+                                }
                                 fetcher.fetch(task, received).await
                             });
                         }
@@ -310,12 +317,11 @@ struct Fetcher {
 }
 
 impl Fetcher {
-    /// With `--host-concurrency`, waits for a slot of the URL's host (none without a host).
-    async fn host_slot(&self, url: &str) -> Result<Option<HostSlot>, StoreError> {
-        let (Some(cap), Some(host)) = (&self.cap, host_of(url)) else {
-            return Ok(None);
-        };
-        cap.acquire(&host).await.map(Some)
+    /// With `--host-concurrency`, waits for this process's slot of the URL's host (none
+    /// without a host).
+    async fn host_slot(&self, url: &str) -> Option<HostSlot> {
+        let cap = self.cap.as_ref()?;
+        Some(cap.acquire(&host_of(url)?).await)
     }
 
     /// Waits for the host's rate (or defers the task), downloads, and pauses the host if

@@ -19,12 +19,14 @@
 //! ([`RateTable::bucket_of`]); the `host_rate` gauge of a bucket shows the rate last in
 //! force for one of its hosts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use tributary::error::Failure;
@@ -232,25 +234,73 @@ pub const PAUSE_REFRESH: Duration = Duration::from_millis(200);
 /// This process's view of the hosts paused fleet-wide ([`HostLimits::watch_pauses`]), so
 /// a host without a rate costs a Redis call only while it may be paused.
 #[derive(Debug, Default)]
-pub struct PausedHosts(RwLock<HashSet<String>>);
+pub struct PausedHosts(RwLock<Paused>);
+
+/// The hosts paused fleet-wide as last read, and the pauses this process set itself (until
+/// when, on this machine's clock), which count at once, whatever a read begun before them
+/// says.
+#[derive(Debug, Default)]
+struct Paused {
+    fleet: HashSet<String>,
+    own: HashMap<String, Instant>,
+}
 
 impl PausedHosts {
-    fn contains(&self, host: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(host)
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, Paused> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn insert(&self, host: &str) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.to_string());
+    fn edit(&self) -> std::sync::RwLockWriteGuard<'_, Paused> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn contains(&self, host: &str) -> bool {
+        let view = self.view();
+        view.fleet.contains(host)
+            || view
+                .own
+                .get(host)
+                .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn insert(&self, host: &str, pause: Duration) {
+        self.edit()
+            .own
+            .insert(host.to_string(), Instant::now() + pause);
     }
 
     fn replace(&self, hosts: Vec<String>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = hosts.into_iter().collect();
+        let mut paused = self.edit();
+        paused.fleet = hosts.into_iter().collect();
+        let now = Instant::now();
+        paused.own.retain(|_, until| *until > now);
+    }
+}
+
+/// The shortest Redis round trip seen lately: the part of a round trip that is the
+/// network, not a busy machine. It follows a slower network up slowly (1/64 of the way per
+/// sample).
+#[derive(Debug)]
+pub struct RttFloor(AtomicU64);
+
+impl Default for RttFloor {
+    fn default() -> Self {
+        Self(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl RttFloor {
+    /// Takes one round trip into account and returns the floor.
+    fn observe(&self, rtt: Duration) -> Duration {
+        let sample = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
+        let floor = self.0.load(Ordering::Relaxed);
+        let floor = if sample <= floor {
+            sample
+        } else {
+            floor + (sample - floor) / 64
+        };
+        self.0.store(floor, Ordering::Relaxed);
+        Duration::from_micros(floor)
     }
 }
 
@@ -265,6 +315,8 @@ pub struct HostLimits {
     pub max_pause: Option<Duration>,
     /// With `--host-pause`: the hosts paused now, as last read.
     pub paused: Arc<PausedHosts>,
+    /// The network's share of a Redis round trip, not counted as lateness.
+    pub rtt_floor: Arc<RttFloor>,
 }
 
 /// The host of a URL, lowercase, without the port.
@@ -297,9 +349,11 @@ impl HostLimits {
         for _ in 0..MAX_STALE_SLOTS {
             // The slot is `wait` after Redis read its clock, somewhere between asking and
             // the answer: sleeping from the answer never sends early, and lateness counts
-            // from the asking, so a slow round trip (a busy machine) counts as late too.
-            let asked = tokio::time::Instant::now();
+            // from the asking, less the network's share of the round trip, so a slow round
+            // trip (a busy machine) counts as late too.
+            let asked = Instant::now();
             let answer = self.limiter.ask(&host, limit, self.max_wait, turn).await?;
+            let network = self.rtt_floor.observe(asked.elapsed());
             if let Some(rate) = rate {
                 let bucket = self.table.bucket_of(&host);
                 metrics().set_host_rate(&bucket, rate.per_second() * answer.factor);
@@ -309,7 +363,7 @@ impl HostLimits {
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
-                    if asked.elapsed().saturating_sub(wait) <= stale_after {
+                    if asked.elapsed().saturating_sub(wait + network) <= stale_after {
                         return Ok(Admit::Fetch);
                     }
                     // It had a slot: asking again, it is not sent to the back of the queue.
@@ -354,10 +408,10 @@ impl HostLimits {
     /// reserved sleep rather than miss it by the delay queue's lateness.
     fn come_back_in(&self, wait: Duration, turn: Option<Turn>) -> Duration {
         match turn {
-            Some(_) => wait
-                .saturating_sub(self.max_wait / 2)
-                .max(Duration::from_millis(1)),
-            None => wait,
+            // Only a wait longer than a reserved sleep: a shorter one (the end of a pause)
+            // would come back at once and ask again and again.
+            Some(_) if wait > self.max_wait => wait - self.max_wait / 2,
+            _ => wait,
         }
     }
 
@@ -383,7 +437,7 @@ impl HostLimits {
             Some(host) if !after.is_zero() => {
                 tracing::info!(%host, ?after, "origin asked to wait: host paused fleet-wide");
                 self.limiter.pause(&host, after.min(cap)).await?;
-                self.paused.insert(&host);
+                self.paused.insert(&host, after.min(cap));
                 Ok(())
             }
             _ => Ok(()),

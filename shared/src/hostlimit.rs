@@ -189,8 +189,10 @@ impl HostLimiter {
         let mut conn = self.conn.clone();
         let (_, until): (i64, i64) = invocation.invoke_async(&mut conn).await?;
         // A second call, not a key of the script: the set is not in the host's hash slot.
+        // GT: a pause recorded by another fetcher that ends later stays.
         let _: () = redis::cmd("ZADD")
             .arg(self.names.paused_hosts_key())
+            .arg("GT")
             .arg(until)
             .arg(host)
             .query_async(&mut conn)
@@ -306,14 +308,17 @@ mod tests {
         };
         assert_eq!(kept, turn);
         assert!(again_wait <= wait, "{again_wait:?} > {wait:?}");
-        // A caller that sleeps up to 250 ms gets the next slots, 100 ms apart.
-        let Admission::Go(first) = ask(&limiter, host, limit, 250).await else {
+        // Willing to sleep up to 250 ms, the third and the fourth get the next slots, 100 ms
+        // apart...
+        let take = |turn| limiter.ask(host, Some(limit), ms(250), Some(turn));
+        let Admission::Go(first) = take(turn).await.unwrap().admission else {
             panic!("within 250 ms");
         };
-        let Admission::Go(second) = ask(&limiter, host, limit, 250).await else {
+        let Admission::Go(second) = take(next_turn).await.unwrap().admission else {
             panic!("within 250 ms");
         };
         assert!(second >= first + ms(98), "{first:?} then {second:?}");
+        // ... and the next caller is further out.
         assert!(matches!(
             ask(&limiter, host, limit, 150).await,
             Admission::Later(w) if w > ms(150)
@@ -341,12 +346,44 @@ mod tests {
         let (limiter, store) = limiter().await;
         let first = ask(&limiter, "quiet.test", limit, 0).await;
         let second = ask(&limiter, "quiet.test", limit, 0).await;
+        // A caller without a turn queues behind the turn the second was given (50 ms
+        // out, and the horizon one interval after it) ...
         tokio::time::sleep(ms(60)).await;
+        let queued = ask(&limiter, "quiet.test", limit, 0).await;
+        // ... until that has passed too.
+        tokio::time::sleep(ms(150)).await;
         let after = ask(&limiter, "quiet.test", limit, 0).await;
         forget(&store, &["quiet.test"]).await;
         assert_eq!(first, Admission::Go(ms(0)));
         assert!(matches!(second, Admission::Later(_)), "{second:?}");
+        assert!(matches!(queued, Admission::Later(_)), "{queued:?}");
         assert_eq!(after, Admission::Go(ms(0)));
+    }
+
+    #[tokio::test]
+    async fn a_paused_host_hands_out_turns_from_the_pause_end() {
+        let limit = gcra(100, 0);
+        let (limiter, store) = limiter().await;
+        let host = "turns.test";
+        limiter.pause(host, ms(500)).await.unwrap();
+        let ask_with = |turn| limiter.ask(host, Some(limit), ms(0), turn);
+        let first = ask_with(None).await.unwrap();
+        let second = ask_with(None).await.unwrap();
+        let (Admission::Later(wait), Some(a)) = (first.admission, first.turn) else {
+            panic!("paused: {first:?}");
+        };
+        assert!(wait > ms(450) && wait <= ms(500), "{wait:?}");
+        // One interval apart from the end of the pause, not all at its end...
+        assert_eq!(second.turn.map(|b| b.0 - a.0), Some(100_000));
+        // ... and a caller that already holds a turn keeps it.
+        assert_eq!(ask_with(Some(a)).await.unwrap().turn, Some(a));
+        forget(&store, &[host]).await;
+        let mut conn = store.connection();
+        let _: () = redis::cmd("DEL")
+            .arg(store.names().paused_hosts_key())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -371,7 +408,9 @@ mod tests {
             limiter.paused_hosts().await.unwrap(),
             vec![host.to_string()]
         );
-        tokio::time::sleep(wait + ms(5)).await;
+        // (The rate-limited caller above was given the pause's end as its turn, so a
+        // caller without one queues behind it until one interval after that.)
+        tokio::time::sleep(wait + ms(20)).await;
         assert_eq!(check(0).await.unwrap(), Admission::Go(ms(0)));
         // ... until the pause ends.
         assert!(limiter.paused_hosts().await.unwrap().is_empty());

@@ -19,16 +19,21 @@
 -- willing to sleep, ARGV[5] = the AIMD recovery per second (0 or absent: no AIMD, the
 -- configured interval as is; otherwise the interval is divided by the factor), ARGV[6] =
 -- the caller's turn (below), 0 for none. A paused host answers {0, ms until the pause
--- ends, 1000000, the caller's turn}. Otherwise a request conforms at `now` when now >= TAT - tau; if the wait until
--- then is at most ARGV[4], the slot is reserved (TAT advances by T) and the caller sleeps
--- the wait, then fetches without asking again. A longer wait reserves no slot.
+-- ends, factor, the caller's turn}. Otherwise a request conforms at `now` when
+-- now >= TAT - tau; if the wait until then is at most ARGV[4], the slot is reserved (TAT
+-- advances by T) and the caller sleeps the wait, then fetches without asking again. A
+-- longer wait reserves no slot.
 --
--- Turns (KEYS[4], the host's queue horizon): a caller without a turn that gets no slot is
--- given one, the horizon's time (at least the next conforming time), and the horizon moves
--- on by T, so callers put aside one after another are told to come back one interval
--- apart, in order, instead of all coming back together and asking again and again. A turn
--- is an estimate, not a reservation: a caller with a turn that gets no slot is told to come
--- back at its turn or, if that has passed, when the host next conforms (not at the back).
+-- Turns (KEYS[4], the host's queue horizon): a caller that gets no slot is given a turn,
+-- the horizon's time (at least the next conforming time), and the horizon moves on by T,
+-- so callers put aside one after another are told to come back one interval apart, in
+-- order, instead of all coming back together and asking again and again. While turns are
+-- outstanding (the horizon is ahead of the next slot) a caller without a turn queues behind
+-- them rather than take a slot. A caller with a turn not yet come is told to come back at
+-- it; one whose turn has passed and finds no slot keeps it and comes back at the next
+-- conforming time. While the host is paused, turns start at the pause's end. A turn is an
+-- estimate, not a reservation.
+--
 -- Returns {1, wait_ms, factor in millionths} (granted; sleep wait_ms first, often 0) or
 -- {0, wait_ms, factor in millionths, turn} (not now; come back in wait_ms; the turn to
 -- carry, 0 for none).
@@ -70,37 +75,60 @@ if ARGV[1] == 'pause' then
   return {1, string.format('%d', paused)}
 end
 
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if paused > now then return {0, math.ceil((paused - now) / 1000), 1000000, ARGV[6] or '0'} end
-
 local interval = tonumber(ARGV[2])
-if interval == 0 then return {1, 0, 1000000} end
 local factor = 1
 local recovery = tonumber(ARGV[5] or '0') or 0
-if recovery > 0 then
+if interval > 0 and recovery > 0 then
   factor = factor_now(recovery)
   interval = math.ceil(interval / factor)
 end
 local ppm = math.floor(factor * 1000000 + 0.5)
+local turn = tonumber(ARGV[6] or '0') or 0
+
+local horizon = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+
+-- The next turn from the horizon, at `from` at the earliest; the horizon moves on by T.
+local function next_turn(from)
+  local given = math.max(horizon, from)
+  horizon = given + interval
+  redis.call('SET', KEYS[4], string.format('%d', horizon))
+  redis.call('PEXPIRE', KEYS[4], math.ceil((horizon - now) / 1000) + 1000)
+  return {0, math.ceil((given - now) / 1000), ppm, string.format('%d', given)}
+end
+
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if paused > now then
+  -- A host with a rate hands out turns from the end of the pause, so its tasks do not all
+  -- come back the moment it ends.
+  if interval > 0 and turn < paused then return next_turn(paused) end
+  return {0, math.ceil((math.max(turn, paused) - now) / 1000), ppm, string.format('%d', turn)}
+end
+if interval == 0 then return {1, 0, ppm} end
+
 local tolerance = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
 local stored = redis.call('GET', KEYS[1])
 local tat = now
 if stored then tat = math.max(tonumber(stored), now) end
 local wait = math.max(tat - tolerance - now, 0)
-local wait_ms = math.ceil(wait / 1000)
-if wait > max_wait then
-  local turn = tonumber(ARGV[6] or '0') or 0
-  if turn > 0 then
-    return {0, math.ceil(math.max(turn - now, wait) / 1000), ppm, string.format('%d', turn)}
-  end
-  turn = math.max(tonumber(redis.call('GET', KEYS[4]) or '0') or 0, now + wait)
-  local horizon = turn + interval
-  redis.call('SET', KEYS[4], string.format('%d', horizon))
-  redis.call('PEXPIRE', KEYS[4], math.ceil((horizon - now) / 1000) + 1000)
+local next_slot = now + wait
+
+-- A turn not yet come, with no slot now: come back at the turn, keeping it.
+if wait > max_wait and turn >= next_slot then
   return {0, math.ceil((turn - now) / 1000), ppm, string.format('%d', turn)}
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%d', new_tat))
-redis.call('PEXPIRE', KEYS[1], math.ceil((new_tat - now) / 1000) + 1000)
-return {1, wait_ms, ppm}
+-- A caller without a turn does not take a slot ahead of the tasks given turns.
+local queued = turn == 0 and horizon > next_slot
+if wait <= max_wait and not queued then
+  local new_tat = tat + interval
+  redis.call('SET', KEYS[1], string.format('%d', new_tat))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((new_tat - now) / 1000) + 1000)
+  return {1, math.ceil(wait / 1000), ppm}
+end
+-- A turn that has passed, with no slot: come back when the host next conforms, keeping
+-- it (the turn still puts the caller ahead of those without one).
+if turn > 0 then
+  return {0, math.ceil(wait / 1000), ppm, string.format('%d', turn)}
+end
+-- No slot: the next turn from the horizon.
+return next_turn(next_slot)

@@ -20,5 +20,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 local lease = tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], string.format('%d', now + lease), ARGV[4])
-redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000) + 1000)
+-- The set lives as long as its longest lease (fetchers may have different timeouts).
+local last = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil((last - now) / 1000) + 1000)
 return 1
