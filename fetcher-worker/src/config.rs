@@ -80,8 +80,9 @@ pub struct Config {
 
     /// Adaptive rates: each 429 from a host with a rate halves that rate fleet-wide (at most
     /// once a second, down to a tenth of the configured rate); it recovers by 5% of the
-    /// configured rate per second. Off by default.
-    #[arg(long, env = "FETCHER_HOST_AIMD")]
+    /// configured rate per second. On by default; `--host-aimd false` turns it off.
+    #[arg(long, env = "FETCHER_HOST_AIMD", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
     pub host_aimd: bool,
 
     /// Downloads in flight at once per host, across every fetcher of the namespace (a lease
@@ -134,11 +135,14 @@ mod tests {
     }
 
     #[test]
-    fn host_pause_is_on_unless_turned_off() {
-        assert!(parse(&[]).host_pause);
+    fn host_pause_and_aimd_are_on_unless_turned_off() {
+        let on = parse(&[]);
+        assert!(on.host_pause && on.host_aimd);
         assert!(parse(&["--host-pause"]).host_pause);
         assert!(parse(&["--host-pause", "true"]).host_pause);
         assert!(!parse(&["--host-pause", "false"]).host_pause);
-        assert!(!parse(&["--host-pause=false", "--host-aimd"]).host_pause);
+        let mixed = parse(&["--host-pause=false", "--host-aimd"]);
+        assert!(!mixed.host_pause && mixed.host_aimd);
+        assert!(!parse(&["--host-aimd", "false"]).host_aimd);
     }
 }

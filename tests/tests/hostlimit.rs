@@ -344,7 +344,9 @@ fn metric(text: &str, prefix: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "timing-sensitive (requests in flight at the origin); run in the serial step"]
 async fn host_concurrency_caps_one_fetcher_and_host_metrics_use_patterns() {
-    let flags = "--concurrency 16 --host-concurrency 2 --host-rate 127.0.0.1=1000/s";
+    // Without AIMD, so the 429 leaves the rate gauge at the configured rate.
+    let flags =
+        "--concurrency 16 --host-concurrency 2 --host-rate 127.0.0.1=1000/s --host-aimd false";
     let app = in_process("hostcap", flags).await;
     let port = app.origin.addr().port();
     let mut lines: Vec<String> = (0..20)
@@ -404,7 +406,7 @@ async fn host_concurrency_caps_the_whole_fleet() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "reads this process's metrics, which other fetchers here write; run in the serial step"]
 async fn repeated_429s_lower_the_host_rate_for_every_fetcher() {
-    let app = in_process("aimd", "--host-rate 127.0.0.1=100/s --host-aimd").await;
+    let app = in_process("aimd", "--host-rate 127.0.0.1=100/s").await;
     let port = app.origin.addr().port();
     // Each id answers 429 (`Retry-After: 0`) once, then the quote.
     let lines: Vec<String> = (0..20)
