@@ -4,7 +4,7 @@
 //! as soon as nobody holds or waits for its semaphore, so the map is as large as the hosts
 //! in flight, never as the hosts ever seen) lets at most N of its tasks go on; each of those
 //! then takes one of the host's N fleet-wide leases in Redis
-//! ([`tributary::leases::HostLeases`]), polling while every lease is held. So at most N
+//! ([`HostLimiter::take_lease`]), polling while every lease is held. So at most N
 //! tasks per process poll for a host, and at most N downloads of it run in the whole
 //! fleet. A lease lasts the download timeout plus [`LEASE_MARGIN`]: a fetcher that dies
 //! holding one frees it then.
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tributary::leases::HostLeases;
+use tributary::hostlimit::HostLimiter;
 use tributary::store::StoreError;
 use uuid::Uuid;
 
@@ -26,10 +26,10 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
 const POLL_FIRST: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
-/// The fleet-wide half of a cap: the leases and how long one lasts.
+/// The fleet-wide half of a cap: the limiter holding the leases, and how long one lasts.
 #[derive(Debug, Clone)]
 pub struct Fleet {
-    pub leases: HostLeases,
+    pub limiter: HostLimiter,
     pub lease: Duration,
 }
 
@@ -118,7 +118,11 @@ impl HostSlot {
         self.lease = Some(id);
         let cap = self.cap.per_host as u32;
         let mut pause = POLL_FIRST;
-        while !fleet.leases.take(&self.host, cap, fleet.lease, id).await? {
+        while !fleet
+            .limiter
+            .take_lease(&self.host, cap, fleet.lease, id)
+            .await?
+        {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
         }
@@ -132,11 +136,11 @@ impl Drop for HostSlot {
         let lease = self.lease.take().zip(self.cap.fleet.as_ref());
         match (lease, tokio::runtime::Handle::try_current()) {
             (Some((id, fleet)), Ok(runtime)) => {
-                let (leases, cap, host) =
-                    (fleet.leases.clone(), self.cap.clone(), self.host.clone());
+                let (limiter, cap, host) =
+                    (fleet.limiter.clone(), self.cap.clone(), self.host.clone());
                 runtime.spawn(async move {
                     // If this fails the lease runs out on its own.
-                    if let Err(e) = leases.give(&host, id).await {
+                    if let Err(e) = limiter.give_lease(&host, id).await {
                         tracing::debug!(%host, error = %e, "giving a host lease back failed");
                     }
                     // Only now may this process's next task of the host ask for a lease.

@@ -26,7 +26,6 @@ use tributary::deadletter::{
 };
 use tributary::error::{Disposition, ErrorClass, Failure, RetryPolicy};
 use tributary::hostlimit::{Aimd, HostLimiter, Turn};
-use tributary::leases::HostLeases;
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_TASK, Payload, PayloadHeader, Task, TaskEntry,
     decode_tasks, encode_payloads, now_ms,
@@ -171,7 +170,7 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
         limits,
         cap: config.host_concurrency.map(|n| {
             let fleet = Fleet {
-                leases: HostLeases::new(&session.store),
+                limiter: HostLimiter::new(&session.store),
                 lease: ctx.http.timeout() + LEASE_MARGIN,
             };
             HostCap::with_fleet(n as usize, Some(fleet))

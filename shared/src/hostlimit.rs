@@ -15,16 +15,22 @@
 //! [`Aimd::floor`] of the configured rate), and it recovers additively over time; the
 //! factor lives in Redis next to the TAT ([`Names::host_rate_key`]), so every fetcher
 //! shares it.
+//!
+//! [`HostLimiter::take_lease`] / [`HostLimiter::give_lease`] (`lua/leases.lua`) cap a host's
+//! requests in flight across the fleet: a counting semaphore whose permits are leases with
+//! an end on Redis time ([`Names::host_leases_key`]), so a dead holder's permit comes back.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use uuid::Uuid;
 
 use crate::names::Names;
 use crate::store::{Store, StoreError};
 
 const HOSTLIMIT_LUA: &str = include_str!("lua/hostlimit.lua");
 const PAUSED_LUA: &str = include_str!("lua/paused.lua");
+const LEASES_LUA: &str = include_str!("lua/leases.lua");
 
 /// A GCRA limit: one request per `interval`, with `tolerance` of burst (a tolerance of
 /// `k × interval` lets `k + 1` requests through at once after a quiet spell).
@@ -87,6 +93,7 @@ pub struct HostLimiter {
     names: Names,
     script: redis::Script,
     paused: redis::Script,
+    leases: redis::Script,
     aimd: Option<Aimd>,
 }
 
@@ -106,6 +113,7 @@ impl HostLimiter {
             names: store.names().clone(),
             script: redis::Script::new(HOSTLIMIT_LUA),
             paused: redis::Script::new(PAUSED_LUA),
+            leases: redis::Script::new(LEASES_LUA),
             aimd: None,
         }
     }
@@ -208,6 +216,41 @@ impl HostLimiter {
         Ok(invocation.invoke_async(&mut conn).await?)
     }
 
+    /// Takes a concurrency lease `id` of `host` (`lua/leases.lua`) for `lease` if fewer
+    /// than `cap` are held; says whether it did. A lease runs out on its own, so one whose
+    /// holder died comes back; it must outlast the longest download.
+    pub async fn take_lease(
+        &self,
+        host: &str,
+        cap: u32,
+        lease: Duration,
+        id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.lease_invocation(host, "take");
+        invocation
+            .arg(cap)
+            .arg(micros(lease))
+            .arg(id.simple().to_string());
+        let mut conn = self.conn.clone();
+        let taken: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives the concurrency lease `id` of `host` back.
+    pub async fn give_lease(&self, host: &str, id: Uuid) -> Result<(), StoreError> {
+        let mut invocation = self.lease_invocation(host, "give");
+        invocation.arg(id.simple().to_string());
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn lease_invocation(&self, host: &str, op: &str) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.leases.prepare_invoke();
+        invocation.key(self.names.host_leases_key(host)).arg(op);
+        invocation
+    }
+
     fn invocation(&self, host: &str, op: &str) -> redis::ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
         invocation
@@ -266,8 +309,10 @@ mod tests {
                     names.host_pause_key(h),
                     names.host_rate_key(h),
                     names.host_queue_key(h),
+                    names.host_leases_key(h),
                 ]
             })
+            .chain([names.paused_hosts_key()])
             .collect();
         let mut conn = store.connection();
         let _: () = redis::cmd("DEL")
@@ -378,12 +423,27 @@ mod tests {
         // ... and a caller that already holds a turn keeps it.
         assert_eq!(ask_with(Some(a)).await.unwrap().turn, Some(a));
         forget(&store, &[host]).await;
-        let mut conn = store.connection();
-        let _: () = redis::cmd("DEL")
-            .arg(store.names().paused_hosts_key())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn leases_cap_a_host_and_run_out() {
+        let (limiter, store) = limiter().await;
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let long = Duration::from_secs(30);
+        let take = |id, lease| limiter.take_lease("cap.test", 2, lease, id);
+        assert!(take(a, long).await.unwrap());
+        assert!(take(b, ms(50)).await.unwrap());
+        // At the cap; another host is not.
+        assert!(!take(c, long).await.unwrap());
+        assert!(limiter.take_lease("other.test", 2, long, c).await.unwrap());
+        // A lease given back frees its place...
+        limiter.give_lease("cap.test", a).await.unwrap();
+        assert!(take(c, long).await.unwrap());
+        assert!(!take(a, long).await.unwrap());
+        // ... and so does one that runs out (its holder died).
+        tokio::time::sleep(ms(60)).await;
+        assert!(take(a, long).await.unwrap());
+        forget(&store, &["cap.test", "other.test"]).await;
     }
 
     #[tokio::test]

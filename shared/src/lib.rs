@@ -14,7 +14,6 @@ pub mod config;
 pub mod deadletter;
 pub mod error;
 pub mod hostlimit;
-pub mod leases;
 pub mod message;
 pub mod metrics;
 pub mod names;

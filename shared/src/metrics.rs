@@ -53,6 +53,14 @@ pub struct HostLabel {
     pub host: String,
 }
 
+impl HostLabel {
+    fn of(bucket: &str) -> Self {
+        Self {
+            host: bucket.to_string(),
+        }
+    }
+}
+
 /// The bucket of every host no `--host-rate` pattern names.
 pub const OTHER_HOSTS: &str = "other";
 
@@ -179,9 +187,7 @@ impl Metrics {
     /// One origin response (any status) for a host of `bucket`; a 429 also counts as
     /// throttled.
     pub fn host_response(&self, bucket: &str, status: u16) {
-        let labels = HostLabel {
-            host: bucket.to_string(),
-        };
+        let labels = HostLabel::of(bucket);
         self.host_requests.get_or_create(&labels).inc();
         if status == 429 {
             self.host_throttled.get_or_create(&labels).inc();
@@ -191,18 +197,14 @@ impl Metrics {
     /// One task of a host bucket put aside by its rate limit or pause.
     pub fn host_deferred(&self, bucket: &str) {
         self.host_deferred
-            .get_or_create(&HostLabel {
-                host: bucket.to_string(),
-            })
+            .get_or_create(&HostLabel::of(bucket))
             .inc();
     }
 
     /// The rate (requests per second) of a host bucket.
     pub fn set_host_rate(&self, bucket: &str, per_second: f64) {
         self.host_rate
-            .get_or_create(&HostLabel {
-                host: bucket.to_string(),
-            })
+            .get_or_create(&HostLabel::of(bucket))
             .set(per_second);
     }
 

@@ -321,9 +321,10 @@ async fn in_process(label: &str, flags: &str) -> App {
     App::spawn(label, options).await.unwrap()
 }
 
-/// Runs a job of `lines` (quote ids `0..n`): every task aggregated, the aggregate exact.
-async fn run_exactly(app: &App, lines: &[String], n: u64) {
-    let job = app.enqueue_lines(lines, &[]).await.unwrap();
+/// Runs a job of `lines` (quote ids `0..n`, enqueued with the producer's `extra` flags):
+/// every task aggregated, the aggregate exact.
+async fn run_exactly(app: &App, lines: &[String], n: u64, extra: &[&str]) {
+    let job = app.enqueue_lines(lines, extra).await.unwrap();
     let status = app.wait_done(job, LIMIT).await.unwrap();
     assert_eq!((status.aggregated, status.dead), (n, 0), "{status:?}");
     assert_close(
@@ -354,7 +355,7 @@ async fn host_concurrency_caps_one_fetcher_and_host_metrics_use_patterns() {
         .chain((20..30).map(|i| format!("http://localhost:{port}/slow/200/{i}.json")))
         .collect();
     lines.push(format!("http://127.0.0.1:{port}/retry-after/1/30"));
-    run_exactly(&app, &lines, 31).await;
+    run_exactly(&app, &lines, 31, &[]).await;
     // Every host is capped at 2 downloads at once, and the cap was reached.
     assert_eq!(app.origin.max_in_flight(&format!("127.0.0.1:{port}")), 2);
     assert!(app.origin.max_in_flight(&format!("localhost:{port}")) <= 2);
@@ -384,16 +385,7 @@ async fn host_concurrency_caps_the_whole_fleet() {
         .chain((20..30).map(|i| format!("http://localhost:{port}/slow/200/{i}.json")))
         .collect();
     // One task per message, so both fetchers get some of each host.
-    let job = app
-        .enqueue_lines(&lines, &["--batch-size", "1"])
-        .await
-        .unwrap();
-    let status = app.wait_done(job, LIMIT).await.unwrap();
-    assert_eq!((status.aggregated, status.dead), (30, 0), "{status:?}");
-    assert_close(
-        &app.results_json(job).await.unwrap(),
-        &expected_aggregate(0..30),
-    );
+    run_exactly(&app, &lines, 30, &["--batch-size", "1"]).await;
     // Two fetchers of 2 each, yet 2 downloads of a host at once in all, and the cap was
     // reached.
     for host in ["127.0.0.1", "localhost"] {
@@ -412,7 +404,7 @@ async fn repeated_429s_lower_the_host_rate_for_every_fetcher() {
     let lines: Vec<String> = (0..20)
         .map(|i| format!("http://127.0.0.1:{port}/retry-after/0/{i}"))
         .collect();
-    run_exactly(&app, &lines, 20).await;
+    run_exactly(&app, &lines, 20, &[]).await;
     // The lowered rate is in Redis, next to the TAT, for every fetcher...
     let mut conn = app.store.connection();
     let factor: f64 = redis::cmd("HGET")
