@@ -8,4 +8,4 @@ scripts/services.sh
 # Some tests start the worker binaries as processes: build them (cargo test does not).
 cargo build --workspace --bins
 cargo test --workspace
-cargo test -p tributary-tests --test restarts --test hostlimit -- --ignored --test-threads=1
+cargo test -p tributary-tests --test e2e -- --ignored --test-threads=1

@@ -9,7 +9,7 @@
 #   scripts/validate-deploy.sh
 #
 # That definitions.json declares exactly what the binaries declare is checked by
-# `cargo test -p tributary-tests --test deploy` (it needs the Rust topology code).
+# `cargo test -p tributary-tests --test e2e deploy::` (it needs the Rust topology code).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -552,7 +552,7 @@ step "compose: interpolated with nothing set (defaults only), schema and setting
 check compose
 check-jsonschema --builtin-schema vendor.compose-spec "$tmp/compose.resolved.json"
 
-step "rabbitmq: definitions (classic, quorum) and rabbitmq.conf (exact topology: cargo test --test deploy)"
+step "rabbitmq: definitions (classic, quorum) and rabbitmq.conf (exact topology: cargo test --test e2e deploy::)"
 check rabbitmq
 
 step "k8s: the kustomization lists every manifest, and only existing ones"

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tributary::config::{CommonArgs, WorkerArgs};
+use tributary::runtime::config::{CommonArgs, WorkerArgs};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Parser)]
@@ -50,7 +50,7 @@ impl Config {
     }
 }
 
-impl tributary::cli::BinaryConfig for Config {
+impl tributary::runtime::cli::BinaryConfig for Config {
     fn common(&self) -> &CommonArgs {
         &self.common
     }

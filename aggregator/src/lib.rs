@@ -11,15 +11,15 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions};
-use tributary::amqp::{self, confirm_channel};
-use tributary::deadletter::{TaskRef, dead_properties};
+use tributary::broker::amqp::{self, confirm_channel};
+use tributary::broker::deadletter::{TaskRef, dead_properties};
+use tributary::broker::topology::Topology;
 use tributary::message::{CONTENT_TYPE_RESULTS, ResultBatch};
-use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
-use tributary::shutdown::CancellationToken;
+use tributary::runtime::metrics::metrics;
+use tributary::runtime::shutdown::CancellationToken;
+use tributary::runtime::worker::{Session, start_consumer, supervise};
 use tributary::store::{Store, by_job};
-use tributary::topology::Topology;
-use tributary::worker::{Session, start_consumer, supervise};
 
 pub use config::{Command, Config};
 
@@ -42,7 +42,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 async fn consume(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tributary::metrics::serve_if_asked(&config.worker, &shutdown).await?;
+    tributary::runtime::metrics::serve_if_asked(&config.worker, &shutdown).await?;
     let names = Names::new(&config.common.connection.namespace);
     let topology = Topology::new(names.clone(), config.common.connection.queue_type);
     let connection = config.common.connection.clone();

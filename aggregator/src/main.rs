@@ -1,9 +1,9 @@
-//! `aggregator` binary: parse config, init telemetry, run (see `tributary::cli::main`).
+//! `aggregator` binary: parse config, init telemetry, run (see `tributary::runtime::cli::main`).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tributary::cli::main(aggregator::run).await
+    tributary::runtime::cli::main(aggregator::run).await
 }

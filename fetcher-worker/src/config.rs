@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use clap::Parser;
-use tributary::config::{CommonArgs, WorkerArgs};
-use tributary::error::{Delays, RetryPolicy};
+use tributary::policy::{Delays, RetryPolicy};
+use tributary::runtime::config::{CommonArgs, WorkerArgs};
 
-use crate::ratelimit::{HostRates, Rate, RateTable};
+use crate::politeness::rates::{HostRates, Rate, RateTable};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -119,7 +119,7 @@ impl Config {
     }
 }
 
-impl tributary::cli::BinaryConfig for Config {
+impl tributary::runtime::cli::BinaryConfig for Config {
     fn common(&self) -> &CommonArgs {
         &self.common
     }

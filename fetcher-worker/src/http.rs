@@ -10,9 +10,9 @@ use reqwest::header::{
     CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     LAST_MODIFIED, RETRY_AFTER,
 };
-use tributary::error::{ErrorClass, Failure};
 use tributary::message::{Task, check_url};
-use tributary::redact::redact_url;
+use tributary::policy::{ErrorClass, Failure};
+use tributary::runtime::redact::redact_url;
 
 use crate::conditional::Validators;
 use crate::guard::{self, BlockedAddress, GuardedResolver};
@@ -94,7 +94,7 @@ impl Http {
             Ok(f) => (Some(f.status), f.body.len()),
             Err(failure) => (failure.http_status, 0),
         };
-        tributary::metrics::metrics().fetched(status, bytes, started.elapsed());
+        tributary::runtime::metrics::metrics().fetched(status, bytes, started.elapsed());
         result
     }
 

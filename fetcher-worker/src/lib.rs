@@ -6,24 +6,23 @@
 pub mod conditional;
 pub mod config;
 pub mod guard;
-pub mod hostcap;
 pub mod http;
 pub mod pipeline;
-pub mod ratelimit;
+pub mod politeness;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tributary::broker::topology::Topology;
 use tributary::names::{Names, Stage};
-use tributary::shutdown::CancellationToken;
-use tributary::topology::Topology;
-use tributary::worker::supervise;
+use tributary::runtime::shutdown::CancellationToken;
+use tributary::runtime::worker::supervise;
 
 pub use config::Config;
 
 /// Runs the fetcher until `shutdown` is cancelled and in-flight work is settled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tributary::metrics::serve_if_asked(&config.worker, &shutdown).await?;
+    tributary::runtime::metrics::serve_if_asked(&config.worker, &shutdown).await?;
     let names = Names::new(&config.common.connection.namespace);
     let policy = config.retry_policy();
     let rates = config.rate_table();

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::politeness::limiter::{Aimd, HostLimiter, Turn};
 use anyhow::Context as _;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -20,28 +21,28 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
-use tributary::amqp::{self, HeadersExt, confirm_channel, header, headers_of};
-use tributary::deadletter::{
+use tributary::broker::amqp::{self, HeadersExt, confirm_channel, header, headers_of};
+use tributary::broker::deadletter::{
     TaskRef, attempt_of, dead_properties, enqueued_ms_of, stage_properties, traceparent_of,
 };
-use tributary::error::{Disposition, ErrorClass, Failure, RetryPolicy};
-use tributary::hostlimit::{Aimd, HostLimiter, Turn};
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_TASK, Payload, PayloadHeader, Task, TaskEntry,
     decode_tasks, encode_payloads, now_ms,
 };
-use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
+use tributary::policy::{Disposition, ErrorClass, Failure, RetryPolicy};
+use tributary::runtime::metrics::metrics;
+use tributary::runtime::trace::TraceParent;
+use tributary::runtime::worker::{Drain, Session};
 use tributary::store::{Mark, Store};
-use tributary::trace::TraceParent;
-use tributary::worker::{Drain, Session};
 use uuid::Uuid;
 
 use crate::conditional::Conditional;
 use crate::config::Config;
-use crate::hostcap::{Fleet, HostCap, HostSlot, LEASE_MARGIN};
 use crate::http::{Fetched, Http};
-use crate::ratelimit::{Admit, HostLimits, RateTable, host_of};
+use crate::politeness::admit::{Admit, HostLimits};
+use crate::politeness::cap::{Fleet, HostCap, HostSlot, LEASE_MARGIN};
+use crate::politeness::rates::{RateTable, host_of};
 
 /// What a session needs besides its connection.
 pub struct Context {

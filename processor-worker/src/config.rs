@@ -1,8 +1,8 @@
 //! `processor-worker` settings (clap derive + env).
 
+use crate::json_stats::parse_pointer;
 use clap::Parser;
-use tributary::config::{CommonArgs, WorkerArgs};
-use tributary::processor::parse_pointer;
+use tributary::runtime::config::{CommonArgs, WorkerArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -42,7 +42,7 @@ impl Config {
     }
 }
 
-impl tributary::cli::BinaryConfig for Config {
+impl tributary::runtime::cli::BinaryConfig for Config {
     fn common(&self) -> &CommonArgs {
         &self.common
     }

@@ -4,27 +4,30 @@
 //! the same bytes fail the same way again (to retry, fix the processor and `dlq replay`).
 
 pub mod config;
+pub mod json_stats;
 
 use std::sync::Arc;
 
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use tributary::amqp::{self, confirm_channel};
-use tributary::deadletter::{TaskRef, dead_properties};
-use tributary::error::Failure;
+use tributary::broker::amqp::{self, confirm_channel};
+use tributary::broker::deadletter::{TaskRef, dead_properties};
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, Payload, ResultBatch, TaskResult, decode_payloads,
     encode_payloads,
 };
-use tributary::metrics::metrics;
 use tributary::names::{Names, Stage};
-use tributary::processor::{JsonStats, Processor};
-use tributary::shutdown::CancellationToken;
+use tributary::policy::Failure;
+use tributary::processor::Processor;
+use tributary::runtime::metrics::metrics;
+
+use crate::json_stats::JsonStats;
+use tributary::broker::topology::Topology;
+use tributary::runtime::shutdown::CancellationToken;
+use tributary::runtime::trace::TraceParent;
+use tributary::runtime::worker::{Session, consume_each, supervise};
 use tributary::store::{Mark, Store};
-use tributary::topology::Topology;
-use tributary::trace::TraceParent;
-use tributary::worker::{Session, consume_each, supervise};
 
 pub use config::Config;
 
@@ -41,7 +44,7 @@ pub async fn run_with(
     processor: Arc<dyn Processor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    tributary::metrics::serve_if_asked(&config.worker, &shutdown).await?;
+    tributary::runtime::metrics::serve_if_asked(&config.worker, &shutdown).await?;
     let names = Names::new(&config.common.connection.namespace);
     let topology = Topology::new(names.clone(), config.common.connection.queue_type);
     let connection = config.common.connection.clone();

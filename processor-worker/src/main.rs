@@ -1,9 +1,9 @@
-//! `processor-worker` binary: parse config, init telemetry, run (see `tributary::cli::main`).
+//! `processor-worker` binary: parse config, init telemetry, run (see `tributary::runtime::cli::main`).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tributary::cli::main(processor_worker::run).await
+    tributary::runtime::cli::main(processor_worker::run).await
 }

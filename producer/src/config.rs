@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
-use tributary::config::CommonArgs;
 use tributary::names::Stage;
+use tributary::runtime::config::CommonArgs;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Parser)]
@@ -193,7 +193,7 @@ fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {
         .map(|s| Stage::parse(&s).expect("clap only passes a possible value"))
 }
 
-impl tributary::cli::BinaryConfig for Config {
+impl tributary::runtime::cli::BinaryConfig for Config {
     fn common(&self) -> &CommonArgs {
         &self.common
     }

@@ -35,14 +35,16 @@ use anyhow::Context as _;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
-use tributary::amqp::{self, HeadersExt, headers_of};
-use tributary::config::ConnectionArgs;
-use tributary::deadletter::{DeadInfo, TaskRef, enqueued_ms_of, stage_properties, traceparent_of};
+use tributary::broker::amqp::{self, HeadersExt, headers_of};
+use tributary::broker::deadletter::{
+    DeadInfo, TaskRef, enqueued_ms_of, stage_properties, traceparent_of,
+};
+use tributary::broker::topology::Topology;
 use tributary::message::{CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, CONTENT_TYPE_TASK};
 use tributary::names::{Names, Stage};
-use tributary::shutdown::CancellationToken;
+use tributary::runtime::config::ConnectionArgs;
+use tributary::runtime::shutdown::CancellationToken;
 use tributary::store::{Mark, Store};
-use tributary::topology::Topology;
 
 use crate::config::{DlqCommand, DlqFilter};
 
@@ -412,8 +414,8 @@ impl Replayer {
 mod tests {
     use super::*;
     use lapin::types::{AMQPValue, FieldTable, LongString};
-    use tributary::deadletter::dead_properties;
-    use tributary::error::{ErrorClass, Failure};
+    use tributary::broker::deadletter::dead_properties;
+    use tributary::policy::{ErrorClass, Failure};
     use uuid::Uuid;
 
     fn info(stage: &str, job: Option<Uuid>, error: &str) -> DeadInfo {

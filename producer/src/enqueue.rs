@@ -12,10 +12,10 @@ use indicatif::ProgressBar;
 use lapin::Channel;
 use lapin::types::FieldTable;
 use serde::Serialize;
-use tributary::amqp::{self, HeadersExt, PublisherConfirm, header};
-use tributary::cli::UsageError;
+use tributary::broker::amqp::{self, HeadersExt, PublisherConfirm, header};
 use tributary::message::{CONTENT_TYPE_TASKS, Task, encode_tasks, now_ms};
 use tributary::names::Stage;
+use tributary::runtime::cli::UsageError;
 use tributary::store::Store;
 use uuid::Uuid;
 
@@ -188,7 +188,7 @@ async fn publish_all(
     let Target {
         channel, exchange, ..
     } = target;
-    let trace = tributary::trace::TraceParent::root();
+    let trace = tributary::runtime::trace::TraceParent::root();
     tracing::debug!(%job, trace_id = %trace.trace_id_hex(), "publishing tasks");
     // Reading a local file blocks briefly between publishes; the file was just written or
     // is the user's, so that is fine, and it keeps memory flat: one batch of tasks at a time.
@@ -215,7 +215,7 @@ async fn publish_all(
 async fn publish_batch(
     channel: &Channel,
     exchange: &str,
-    trace: &tributary::trace::TraceParent,
+    trace: &tributary::runtime::trace::TraceParent,
     batch: &mut Vec<Task>,
     window: &mut ConfirmWindow,
 ) -> anyhow::Result<()> {

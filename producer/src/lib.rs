@@ -14,12 +14,12 @@ pub mod job;
 pub mod progress;
 
 use anyhow::Context as _;
-use tributary::amqp;
-use tributary::config::ConnectionArgs;
+use tributary::broker::amqp;
+use tributary::broker::topology::Topology;
 use tributary::names::Names;
-use tributary::shutdown::CancellationToken;
+use tributary::runtime::config::ConnectionArgs;
+use tributary::runtime::shutdown::CancellationToken;
 use tributary::store::Store;
-use tributary::topology::Topology;
 
 pub use config::{Command, Config, JobCommand};
 

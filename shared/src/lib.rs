@@ -1,28 +1,22 @@
-//! tributary's shared library: everything the four binaries agree on.
+//! tributary's shared library: the contract the four binaries agree on, and the plumbing
+//! they all run on. Behaviour that belongs to one stage lives in that stage's crate.
 //!
-//! The message types and their wire encodings ([`message`]), the naming of every exchange,
-//! queue and Redis key ([`names`]), topology declaration ([`topology`]), connection and
-//! telemetry setup ([`config`], [`telemetry`], [`amqp`], [`store`]), the failure classes that
-//! decide ack / retry / dead-letter ([`error`]), the processor trait and the built-in JSON
-//! statistics processor ([`processor`]), and the supervised consume loop every worker runs
-//! ([`worker`]).
+//! - [`message`] — the messages that cross the broker and their wire encodings; [`stats`]
+//!   the numbers of the results contract; [`processor`] the trait processors implement.
+//! - [`names`] — every exchange, routing key, queue and Redis key of a namespace.
+//! - [`broker`] — AMQP connections and confirmed publishing, the topology, dead-letter
+//!   headers.
+//! - [`store`] — Redis: job counters, per-task state, the exactly-once apply, and read-only
+//!   views of what the stages keep there.
+//! - [`policy`] — failure classes and the one decision between retry and dead letter.
+//! - [`runtime`] — config, telemetry, signals, exit codes, the supervised worker session,
+//!   metrics, trace context.
 
-pub mod amqp;
-pub mod backoff;
-pub mod cli;
-pub mod config;
-pub mod deadletter;
-pub mod error;
-pub mod hostlimit;
+pub mod broker;
 pub mod message;
-pub mod metrics;
 pub mod names;
+pub mod policy;
 pub mod processor;
-pub mod redact;
-pub mod shutdown;
+pub mod runtime;
 pub mod stats;
 pub mod store;
-pub mod telemetry;
-pub mod topology;
-pub mod trace;
-pub mod worker;

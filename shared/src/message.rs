@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{ErrorClass, Failure};
+use crate::policy::{ErrorClass, Failure};
 
 pub const VERSION: u8 = 1;
 pub const CONTENT_TYPE_TASK: &str = "application/json";
@@ -226,7 +226,7 @@ pub struct PayloadHeader {
     /// When the task was first enqueued (ms since the Unix epoch), for latency figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_ms: Option<u64>,
-    /// The task's W3C trace context (see [`crate::trace`]).
+    /// The task's W3C trace context (see [`crate::runtime::trace`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }

@@ -11,11 +11,11 @@ use clap::Parser;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use tokio::task::JoinHandle;
-use tributary::config::{ConnectionArgs, QueueType};
+use tributary::broker::topology::Topology;
 use tributary::names::{Names, Stage};
-use tributary::shutdown::CancellationToken;
+use tributary::runtime::config::{ConnectionArgs, QueueType};
+use tributary::runtime::shutdown::CancellationToken;
 use tributary::store::{JobStatus, Store};
-use tributary::topology::Topology;
 use uuid::Uuid;
 
 use crate::origin::{Origin, OriginOptions};
@@ -88,7 +88,7 @@ pub fn connection_flags(namespace: &str) -> Vec<String> {
 impl App {
     /// Starts the origin and the stages; returns once the topology exists.
     pub async fn spawn(label: &str, options: AppOptions) -> anyhow::Result<App> {
-        tributary::telemetry::init(tributary::config::LogFormat::Text);
+        tributary::runtime::telemetry::init(tributary::runtime::config::LogFormat::Text);
         let namespace = fresh_namespace(label);
         let args = ConnectionArgs::local(&namespace);
         let names = Names::new(&namespace);
@@ -166,7 +166,7 @@ impl App {
     /// A broker connection for the test itself.
     pub async fn broker(&self) -> anyhow::Result<lapin::Connection> {
         let args = ConnectionArgs::local(&self.namespace);
-        Ok(tributary::amqp::connect(&args.amqp_url, "test").await?)
+        Ok(tributary::broker::amqp::connect(&args.amqp_url, "test").await?)
     }
 
     /// Declares the topology as every binary does, so tests that start no stage can
@@ -319,7 +319,7 @@ impl Drop for App {
 pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
     let args = ConnectionArgs::local(namespace);
     let names = Names::new(namespace);
-    let conn = tributary::amqp::connect(&args.amqp_url, "test-cleanup").await?;
+    let conn = tributary::broker::amqp::connect(&args.amqp_url, "test-cleanup").await?;
     let mut queues: Vec<String> = Stage::ALL
         .into_iter()
         .flat_map(|s| [names.queue(s), names.dead_queue(s)])

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq as _;
-use tributary::cli::UsageError;
+use tributary::runtime::cli::UsageError;
 
 use super::error::ApiError;
 use crate::config::ServeArgs;

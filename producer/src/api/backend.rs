@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use lapin::{Channel, Connection};
 use tokio::sync::{Mutex, OnceCell};
-use tributary::amqp;
-use tributary::config::ConnectionArgs;
+use tributary::broker::amqp;
+use tributary::broker::topology::Topology;
 use tributary::names::Names;
+use tributary::runtime::config::ConnectionArgs;
 use tributary::store::Store;
-use tributary::topology::Topology;
 
 use super::error::ApiError;
 
@@ -90,7 +90,7 @@ impl Backends {
                 Ok(broker)
             }
             Err(e) => {
-                let reason = tributary::error::chain(e.as_ref());
+                let reason = tributary::runtime::cli::chain(e.as_ref());
                 slot.failed = Some((Instant::now(), reason.clone()));
                 Err(ApiError::unavailable("broker unavailable", reason))
             }
@@ -118,7 +118,9 @@ impl Backends {
         self.store
             .get_or_try_init(|| Store::connect(&c.redis_url, self.names.clone(), c.result_ttl))
             .await
-            .map_err(|e| ApiError::unavailable("redis unavailable", tributary::error::chain(&e)))
+            .map_err(|e| {
+                ApiError::unavailable("redis unavailable", tributary::runtime::cli::chain(&e))
+            })
     }
 
     /// Whether the broker and Redis answer now (for `/healthz`).

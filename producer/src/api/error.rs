@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tributary::amqp::AmqpError;
+use tributary::broker::amqp::AmqpError;
 use tributary::store::StoreError;
 
 /// An error answer of the API.
@@ -60,7 +60,7 @@ impl ApiError {
 
     /// A runtime error of a handler: 503 when the broker or Redis failed, else 500.
     pub fn from_runtime(e: &anyhow::Error) -> Self {
-        let detail = tributary::error::chain(e.as_ref());
+        let detail = tributary::runtime::cli::chain(e.as_ref());
         let broker = e
             .chain()
             .any(|c| c.is::<AmqpError>() || c.is::<lapin::Error>());

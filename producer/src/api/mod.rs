@@ -29,8 +29,8 @@ use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tributary::config::ConnectionArgs;
-use tributary::shutdown::CancellationToken;
+use tributary::runtime::config::ConnectionArgs;
+use tributary::runtime::shutdown::CancellationToken;
 
 use crate::config::{PublishArgs, ServeArgs};
 use backend::Backends;

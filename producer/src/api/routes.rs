@@ -139,7 +139,7 @@ fn prepare(
     let found = scan(&source, job).map_err(|e| {
         ApiError::internal(format!(
             "reading the spooled body: {}",
-            tributary::error::chain(e.as_ref())
+            tributary::runtime::cli::chain(e.as_ref())
         ))
     })?;
     Ok(Prepared {

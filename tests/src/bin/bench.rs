@@ -36,8 +36,8 @@ use clap::Parser;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
-use tributary::config::ConnectionArgs;
 use tributary::names::{Names, Stage};
+use tributary::runtime::config::ConnectionArgs;
 use tributary::store::{JobStatus, LatencyHistogram, Store};
 use tributary_tests::app::{cleanup, fresh_namespace};
 use tributary_tests::origin::{Origin, OriginOptions};
@@ -727,7 +727,7 @@ fn log_tail(path: &Path) -> String {
 async fn wait_for_workers(ctx: &Ctx<'_>, workers: &mut Workers) -> anyhow::Result<()> {
     let args = ConnectionArgs::local(ctx.namespace);
     let names = Names::new(ctx.namespace);
-    let conn = tributary::amqp::connect(&args.amqp_url, "bench").await?;
+    let conn = tributary::broker::amqp::connect(&args.amqp_url, "bench").await?;
     let deadline = Instant::now() + START_LIMIT;
     let outcome = async {
         loop {

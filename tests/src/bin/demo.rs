@@ -33,8 +33,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tributary::telemetry::init_with_default(tributary::config::LogFormat::Text, "warn");
-    tributary::cli::exit(demo(Args::parse()).await)
+    tributary::runtime::telemetry::init_with_default(
+        tributary::runtime::config::LogFormat::Text,
+        "warn",
+    );
+    tributary::runtime::cli::exit(demo(Args::parse()).await)
 }
 
 async fn demo(args: Args) -> anyhow::Result<()> {

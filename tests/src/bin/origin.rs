@@ -29,7 +29,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tributary::cli::exit(serve(args).await)
+    tributary::runtime::cli::exit(serve(args).await)
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {

@@ -7,10 +7,10 @@ use lapin::types::FieldTable;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::amqp::{HeadersExt, header, headers_of};
-use crate::error::Failure;
+use crate::broker::amqp::{HeadersExt, header, headers_of};
 use crate::names::Stage;
-use crate::redact::redact_url;
+use crate::policy::Failure;
+use crate::runtime::redact::redact_url;
 
 /// Who a dead or retried message belongs to (for headers and `dlq list`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub fn dead_properties(
     }
     headers.set_str(header::FAILED_AT, &rfc3339_now());
     set_task_ref(&mut headers, task);
-    crate::amqp::persistent(content_type).with_headers(headers)
+    crate::broker::amqp::persistent(content_type).with_headers(headers)
 }
 
 /// Properties of a message going (back) to a stage queue: the attempt number it will be
@@ -73,7 +73,7 @@ pub fn stage_properties(
     let mut headers = FieldTable::default();
     headers.set_u64(header::ATTEMPTS, u64::from(attempts));
     set_task_ref(&mut headers, task);
-    let props = crate::amqp::persistent(content_type).with_headers(headers);
+    let props = crate::broker::amqp::persistent(content_type).with_headers(headers);
     match ttl {
         Some(ttl) => props.with_expiration(ttl.as_millis().max(1).to_string().into()),
         None => props,
@@ -140,7 +140,7 @@ pub fn rfc3339_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorClass;
+    use crate::policy::ErrorClass;
 
     #[test]
     fn dead_headers_round_trip() {

@@ -6,7 +6,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-use crate::redact::redact_url;
+use crate::runtime::redact::redact_url;
 
 pub use lapin::PublisherConfirm;
 

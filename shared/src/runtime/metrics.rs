@@ -22,8 +22,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ErrorClass;
 use crate::names::Stage;
+use crate::policy::ErrorClass;
 use crate::store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -260,7 +260,7 @@ async fn ready() -> impl IntoResponse {
 
 /// Starts the endpoints if the worker was asked to (`--metrics-listen`).
 pub async fn serve_if_asked(
-    worker: &crate::config::WorkerArgs,
+    worker: &crate::runtime::config::WorkerArgs,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<SocketAddr>> {
     match worker.metrics_listen {

@@ -8,9 +8,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Map, Value};
 
-use crate::amqp::AmqpError;
-use crate::config::QueueType;
+use crate::broker::amqp::AmqpError;
 use crate::names::{Names, Stage};
+use crate::runtime::config::QueueType;
 
 /// How many times a quorum queue redelivers a message that was never acked (its consumer
 /// crashed each time) before dead-lettering it as `delivery_limit`.

@@ -231,7 +231,7 @@ async fn wait_for_pause(app: &App, host: &str) {
             .await
             .unwrap();
         if exists {
-            tokio::time::sleep(2 * fetcher_worker::ratelimit::PAUSE_REFRESH).await;
+            tokio::time::sleep(2 * fetcher_worker::politeness::admit::PAUSE_REFRESH).await;
             return;
         }
         assert!(Instant::now() < deadline, "{host} was never paused");
@@ -362,7 +362,7 @@ async fn host_concurrency_caps_one_fetcher_and_host_metrics_use_patterns() {
 
     // The fetcher runs in this process: its per-host figures are labelled by the
     // `--host-rate` pattern, and every other host is `other`.
-    let text = tributary::metrics::metrics().encode();
+    let text = tributary::runtime::metrics::metrics().encode();
     let host = "{host=\"127.0.0.1\"}";
     assert!(metric(&text, &format!("tributary_host_requests_total{host}")) >= 22.0);
     assert!(metric(&text, &format!("tributary_host_throttled_total{host}")) >= 1.0);
@@ -415,7 +415,7 @@ async fn repeated_429s_lower_the_host_rate_for_every_fetcher() {
         .unwrap();
     assert!((0.1..=0.5).contains(&factor), "{factor}");
     // ... and in the gauge.
-    let text = tributary::metrics::metrics().encode();
+    let text = tributary::runtime::metrics::metrics().encode();
     let rate = metric(&text, "tributary_host_rate{host=\"127.0.0.1\"}");
     assert!((10.0..100.0).contains(&rate), "{rate}");
     app.shutdown().await.unwrap();

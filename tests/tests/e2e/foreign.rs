@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser as _;
-use tributary::config::ConnectionArgs;
+use tributary::runtime::config::ConnectionArgs;
 use tributary::store::JobStatus;
 use tributary_tests::app::{App, AppOptions, connection_flags};
 use tributary_tests::quotes::{assert_close, expected_aggregate};

@@ -13,12 +13,12 @@ use std::time::Duration;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp;
-use crate::backoff::Backoff;
-use crate::config::ConnectionArgs;
+use crate::broker::amqp;
+use crate::broker::topology::Topology;
 use crate::names::Names;
+use crate::policy::backoff::Backoff;
+use crate::runtime::config::ConnectionArgs;
 use crate::store::Store;
-use crate::topology::Topology;
 
 /// Longest a session may take to start (connect, declare the topology).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,7 +85,7 @@ where
                 Ok(pair) => pair,
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(attempt = backoff.attempts(), "{name}: cannot start: {}; retrying in {wait:?}", crate::error::chain(e.as_ref()));
+                    tracing::warn!(attempt = backoff.attempts(), "{name}: cannot start: {}; retrying in {wait:?}", crate::runtime::cli::chain(e.as_ref()));
                     sleep_unless_cancelled(wait, &shutdown).await;
                     continue;
                 }
@@ -96,8 +96,8 @@ where
         }
         backoff.reset();
         tracing::info!(namespace = %args.namespace, "{name}: consuming");
-        crate::metrics::register_store(&s);
-        crate::metrics::broker_session(true);
+        crate::runtime::metrics::register_store(&s);
+        crate::runtime::metrics::broker_session(true);
         let lost = connection_lost(conn.clone(), Names::new(&args.namespace));
         let result = tokio::select! {
             result = session(Session {
@@ -107,7 +107,7 @@ where
             }) => result,
             reason = lost => Err(anyhow::anyhow!("broker connection lost: {reason}")),
         };
-        crate::metrics::broker_session(false);
+        crate::runtime::metrics::broker_session(false);
         match result {
             Ok(()) => {
                 close_quietly(&conn, 200, "shutdown").await;
@@ -121,7 +121,7 @@ where
                 let wait = backoff.next_delay();
                 tracing::warn!(
                     "{name}: session lost: {}; reconnecting in {wait:?}",
-                    crate::error::chain(e.as_ref())
+                    crate::runtime::cli::chain(e.as_ref())
                 );
                 sleep_unless_cancelled(wait, &shutdown).await;
             }
@@ -143,7 +143,7 @@ async fn connection_lost(conn: Arc<Connection>, names: Names) -> String {
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(lapin::Event::Error(e)) => return crate::error::chain(&e),
+                    Some(lapin::Event::Error(e)) => return crate::runtime::cli::chain(&e),
                     Some(_) => {}
                     None => return "the connection's event stream ended".to_string(),
                 },
@@ -179,7 +179,7 @@ async fn sample_queue_depths(conn: &Connection, names: &Names) -> bool {
         for stage in crate::names::Stage::ALL {
             let queue = names.queue(stage);
             match amqp::queue_depth(&channel, &queue).await {
-                Ok(depth) => crate::metrics::metrics().set_queue_depth(&queue, depth),
+                Ok(depth) => crate::runtime::metrics::metrics().set_queue_depth(&queue, depth),
                 Err(_) => break,
             }
         }

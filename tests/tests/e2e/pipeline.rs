@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
-use tributary::amqp::{self, HeadersExt, header};
+use tributary::broker::amqp::{self, HeadersExt, header};
 use tributary::message::{CONTENT_TYPE_RESULTS, ResultBatch, TaskResult};
 use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
@@ -82,7 +82,7 @@ async fn a_job_flows_through_every_stage_with_an_exact_aggregate() {
     // The producer's trace continues through every stage: the fetch dead letters and the
     // payloads that died in the processor carry child spans of the same trace.
     let trace_of =
-        |tp: &str| tributary::trace::TraceParent::parse(tp).expect("a valid traceparent");
+        |tp: &str| tributary::runtime::trace::TraceParent::parse(tp).expect("a valid traceparent");
     let fetch_trace = trace_of(
         &h.get_str(header::TRACEPARENT)
             .expect("a traceparent header"),

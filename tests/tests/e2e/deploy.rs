@@ -1,6 +1,6 @@
 //! The deploy files agree with the code: `deploy/rabbitmq/definitions.json` (classic queues)
 //! and `definitions.quorum.json` (`--queue-type quorum`) pre-declare exactly the topology every
-//! binary declares at start (`tributary::topology`). RabbitMQ refuses a redeclaration whose
+//! binary declares at start (`tributary::broker::topology`). RabbitMQ refuses a redeclaration whose
 //! arguments differ (`PRECONDITION_FAILED`), so a mismatch here would stop every worker on a
 //! broker provisioned from such a file. Needs no broker.
 
@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use serde_json::{Value, json};
-use tributary::config::QueueType;
-use tributary::error::parse_delays;
+use tributary::broker::topology::Topology;
 use tributary::names::{Names, Stage, delay_label};
-use tributary::topology::Topology;
+use tributary::policy::parse_delays;
+use tributary::runtime::config::QueueType;
 
 const NAMESPACE: &str = "tributary";
 

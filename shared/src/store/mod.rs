@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::message::TaskResult;
 use crate::names::Names;
-use crate::redact::redact_url;
+use crate::runtime::redact::redact_url;
 use crate::stats::GroupStats;
 
 const STATE_LUA: &str = include_str!("lua/state.lua");

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::politeness::limiter::HostLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tributary::hostlimit::HostLimiter;
 use tributary::store::StoreError;
 use uuid::Uuid;
 

@@ -1,6 +1,6 @@
 //! Crash and restart safety. These tests SIGKILL workers, stop and start RabbitMQ, and drop
 //! every Redis connection, so they are `#[ignore]`d in the parallel run and run on their own
-//! step, one at a time: `cargo test -p tributary-tests --test restarts -- --ignored
+//! step, one at a time: `cargo test -p tributary-tests --test e2e -- --ignored
 //! --test-threads=1` (`scripts/test.sh` does it).
 
 use std::process::Command;
@@ -228,13 +228,15 @@ async fn nothing_is_lost_through_crashes_restarts_and_replays() {
     lines.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
 
     let conn = app.broker().await.unwrap();
-    let channel = tributary::amqp::confirm_channel(&conn).await.unwrap();
-    tributary::amqp::publish_confirmed(
+    let channel = tributary::broker::amqp::confirm_channel(&conn)
+        .await
+        .unwrap();
+    tributary::broker::amqp::publish_confirmed(
         &channel,
         app.names.exchange(),
         "fetch",
         b"\x00garbage, not a task",
-        tributary::amqp::persistent("application/octet-stream"),
+        tributary::broker::amqp::persistent("application/octet-stream"),
     )
     .await
     .unwrap();

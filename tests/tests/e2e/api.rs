@@ -10,7 +10,7 @@ use reqwest::{Method, RequestBuilder, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tributary::names::Stage;
-use tributary::shutdown::CancellationToken;
+use tributary::runtime::shutdown::CancellationToken;
 use tributary_tests::app::{App, AppOptions, connection_flags};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
-use tributary::amqp::{self, HeadersExt, header};
+use tributary::broker::amqp::{self, HeadersExt, header};
 use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
@@ -114,7 +114,7 @@ async fn private_addresses_are_refused_without_allow_private() {
         app.namespace.as_str(),
     ])
     .unwrap();
-    let stop = tributary::shutdown::CancellationToken::new();
+    let stop = tributary::runtime::shutdown::CancellationToken::new();
     let fetcher = tokio::spawn(fetcher_worker::run(config, stop.clone()));
     let port = app.origin.addr().port();
     let lines = vec![

@@ -3,7 +3,7 @@
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+use crate::runtime::config::LogFormat;
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing),
 /// so tests that start several stages in one process can call it freely.
