@@ -11,14 +11,15 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions};
-use tributary::broker::amqp::{self, confirm_channel};
+use tributary::broker::amqp;
 use tributary::broker::deadletter::{TaskRef, dead_properties};
 use tributary::broker::topology::Topology;
 use tributary::message::{CONTENT_TYPE_RESULTS, ResultBatch};
 use tributary::names::{Names, Stage};
 use tributary::runtime::metrics::metrics;
+use tributary::runtime::session::Session;
 use tributary::runtime::shutdown::CancellationToken;
-use tributary::runtime::worker::{Session, start_consumer, supervise};
+use tributary::runtime::supervise::supervise;
 use tributary::store::{Store, by_job};
 
 pub use config::{Command, Config};
@@ -28,8 +29,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     match &config.command {
         Some(Command::Results { job_id }) => {
             let c = &config.common.connection;
-            let store =
-                Store::connect(&c.redis_url, Names::new(&c.namespace), c.result_ttl).await?;
+            let store = Store::connect(c).await?;
             let results = store
                 .results(*job_id)
                 .await?
@@ -53,14 +53,14 @@ async fn consume(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 async fn aggregate_session(config: &Config, names: &Names, session: Session) -> anyhow::Result<()> {
-    let publisher = confirm_channel(&session.conn).await?;
-    let (channel, mut consumer, tag) = start_consumer(
-        &session.conn,
-        &names.queue(Stage::Results),
-        config.prefetch(),
-        "aggregator",
-    )
-    .await?;
+    let publisher = session.confirm_channel().await?;
+    let (channel, mut consumer, tag) = session
+        .consumer(
+            &names.queue(Stage::Results),
+            config.prefetch(),
+            "aggregator",
+        )
+        .await?;
     loop {
         let first = tokio::select! {
             _ = session.shutdown.cancelled() => {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tributary::broker::topology::Topology;
 use tributary::names::{Names, Stage};
 use tributary::runtime::shutdown::CancellationToken;
-use tributary::runtime::worker::supervise;
+use tributary::runtime::supervise::supervise;
 
 pub use config::Config;
 

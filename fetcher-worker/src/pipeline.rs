@@ -14,14 +14,13 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions};
 use lapin::{Acker, BasicProperties, Channel};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
-use tributary::broker::amqp::{self, HeadersExt, confirm_channel, header, headers_of};
+use tributary::broker::amqp::{self, HeadersExt, header, headers_of};
 use tributary::broker::deadletter::{
     TaskRef, attempt_of, dead_properties, enqueued_ms_of, stage_properties, traceparent_of,
 };
@@ -32,10 +31,9 @@ use tributary::message::{
 use tributary::names::{Names, Stage};
 use tributary::policy::{Disposition, ErrorClass, Failure, RetryPolicy};
 use tributary::runtime::metrics::metrics;
+use tributary::runtime::session::{Drain, Session};
 use tributary::runtime::trace::TraceParent;
-use tributary::runtime::worker::{Drain, Session};
 use tributary::store::{Mark, Store};
-use uuid::Uuid;
 
 use crate::conditional::Conditional;
 use crate::config::Config;
@@ -125,19 +123,9 @@ struct Batch {
 
 pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> {
     let config = &ctx.config;
-    let consume = session.conn.create_channel().await?;
-    consume
-        .basic_qos(config.prefetch(), BasicQosOptions::default())
-        .await?;
-    let publisher = confirm_channel(&session.conn).await?;
-    let consumer_tag = format!("fetcher-{}", Uuid::new_v4());
-    let mut consumer = consume
-        .basic_consume(
-            ctx.names.queue(Stage::Fetch).into(),
-            consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let publisher = session.confirm_channel().await?;
+    let (consume, mut consumer, consumer_tag) = session
+        .consumer(&ctx.names.queue(Stage::Fetch), config.prefetch(), "fetcher")
         .await?;
 
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));

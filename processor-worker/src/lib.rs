@@ -11,7 +11,7 @@ use std::sync::Arc;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use tributary::broker::amqp::{self, confirm_channel};
+use tributary::broker::amqp;
 use tributary::broker::deadletter::{TaskRef, dead_properties};
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, Payload, ResultBatch, TaskResult, decode_payloads,
@@ -24,9 +24,10 @@ use tributary::runtime::metrics::metrics;
 
 use crate::json_stats::JsonStats;
 use tributary::broker::topology::Topology;
+use tributary::runtime::session::{ConsumeOptions, Session, consume_each};
 use tributary::runtime::shutdown::CancellationToken;
+use tributary::runtime::supervise::supervise;
 use tributary::runtime::trace::TraceParent;
-use tributary::runtime::worker::{Session, consume_each, supervise};
 use tributary::store::{Mark, Store};
 
 pub use config::Config;
@@ -65,26 +66,25 @@ async fn process_session(
     names: Names,
     session: Session,
 ) -> anyhow::Result<()> {
-    let publisher = confirm_channel(&session.conn).await?;
+    let publisher = session.confirm_channel().await?;
     let store = session.store.clone();
     let queue = names.queue(Stage::Process);
-    consume_each(
-        &session,
-        &queue,
-        config.prefetch(),
-        config.concurrency,
-        config.worker.shutdown_timeout,
-        "processor",
-        |delivery| {
-            handle(
-                delivery,
-                processor.clone(),
-                publisher.clone(),
-                store.clone(),
-                names.clone(),
-            )
-        },
-    )
+    let options = ConsumeOptions {
+        queue: &queue,
+        prefetch: config.prefetch(),
+        concurrency: config.concurrency,
+        drain_timeout: config.worker.shutdown_timeout,
+        label: "processor",
+    };
+    consume_each(&session, options, |delivery| {
+        handle(
+            delivery,
+            processor.clone(),
+            publisher.clone(),
+            store.clone(),
+            names.clone(),
+        )
+    })
     .await
 }
 

@@ -177,7 +177,7 @@ pub async fn run(
     shutdown: &CancellationToken,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let conn = amqp::connect(&connection.amqp_url, "producer-dlq").await?;
+    let conn = amqp::connect_any(&connection.amqp_url, "producer-dlq").await?;
     let result = run_on(&conn, None, connection, command, shutdown, out).await;
     let _ = conn.close(200, "done".into()).await;
     result
@@ -274,14 +274,7 @@ impl Sweep<'_> {
             Action::Replay => {
                 let store = match store {
                     Some(store) => store.clone(),
-                    None => {
-                        Store::connect(
-                            &connection.redis_url,
-                            self.names.clone(),
-                            connection.result_ttl,
-                        )
-                        .await?
-                    }
+                    None => Store::connect(connection).await?,
                 };
                 Some(Replayer {
                     publisher: amqp::confirm_channel(conn).await?,

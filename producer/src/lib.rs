@@ -61,7 +61,7 @@ pub async fn enqueue_once(config: &Config) -> anyhow::Result<enqueue::Enqueued> 
     };
     let c = &config.common.connection;
     let store = connect_store(c).await?;
-    let conn = amqp::connect(&c.amqp_url, "producer").await?;
+    let conn = amqp::connect_any(&c.amqp_url, "producer").await?;
     let names = Names::new(&c.namespace);
     let setup = conn.create_channel().await?;
     Topology::new(names.clone(), c.queue_type)
@@ -74,7 +74,7 @@ pub async fn enqueue_once(config: &Config) -> anyhow::Result<enqueue::Enqueued> 
 }
 
 async fn connect_store(c: &ConnectionArgs) -> anyhow::Result<Store> {
-    Ok(Store::connect(&c.redis_url, Names::new(&c.namespace), c.result_ttl).await?)
+    Ok(Store::connect(c).await?)
 }
 
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

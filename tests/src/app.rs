@@ -92,7 +92,7 @@ impl App {
         let namespace = fresh_namespace(label);
         let args = ConnectionArgs::local(&namespace);
         let names = Names::new(&namespace);
-        let store = Store::connect(&args.redis_url, names.clone(), args.result_ttl).await?;
+        let store = Store::connect(&args).await?;
         let origin = Origin::start(options.origin.clone()).await?;
         let mut app = App {
             namespace,
@@ -166,7 +166,7 @@ impl App {
     /// A broker connection for the test itself.
     pub async fn broker(&self) -> anyhow::Result<lapin::Connection> {
         let args = ConnectionArgs::local(&self.namespace);
-        Ok(tributary::broker::amqp::connect(&args.amqp_url, "test").await?)
+        Ok(tributary::broker::amqp::connect_any(&args.amqp_url, "test").await?)
     }
 
     /// Declares the topology as every binary does, so tests that start no stage can
@@ -319,7 +319,7 @@ impl Drop for App {
 pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
     let args = ConnectionArgs::local(namespace);
     let names = Names::new(namespace);
-    let conn = tributary::broker::amqp::connect(&args.amqp_url, "test-cleanup").await?;
+    let conn = tributary::broker::amqp::connect_any(&args.amqp_url, "test-cleanup").await?;
     let mut queues: Vec<String> = Stage::ALL
         .into_iter()
         .flat_map(|s| [names.queue(s), names.dead_queue(s)])
@@ -341,14 +341,15 @@ pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
         .await;
     let _ = conn.close(200, "cleaned".into()).await;
 
-    let client = redis::Client::open(args.redis_url.as_str())?;
-    let mut redis = client.get_multiplexed_async_connection().await?;
+    // KEYS reaches every master of a cluster; keys are deleted one by one, since a
+    // namespace's keys live in many slots.
+    let mut redis = Store::connect(&args).await?.connection();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{namespace}:*"))
         .query_async(&mut redis)
         .await?;
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+    for key in keys {
+        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await?;
     }
     Ok(())
 }

@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use tributary::store::RedisConn;
 use uuid::Uuid;
 
 use tributary::names::Names;
@@ -89,7 +89,7 @@ pub struct Turn(pub u64);
 /// The per-host limiter of one namespace. Cheap to clone.
 #[derive(Clone)]
 pub struct HostLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     names: Names,
     script: redis::Script,
     paused: redis::Script,

@@ -35,10 +35,11 @@ impl Broker {
     }
 }
 
-#[derive(Default)]
 struct Slot {
     live: Option<Broker>,
     failed: Option<(Instant, String)>,
+    /// The broker's nodes, tried in turn (a lost node's successor first).
+    nodes: amqp::Nodes,
 }
 
 /// The broker and Redis of one namespace.
@@ -54,7 +55,11 @@ impl Backends {
         Self {
             connection: connection.clone(),
             names: Names::new(&connection.namespace),
-            broker: Mutex::new(Slot::default()),
+            broker: Mutex::new(Slot {
+                live: None,
+                failed: None,
+                nodes: amqp::Nodes::new(&connection.amqp_url),
+            }),
             store: OnceCell::new(),
         }
     }
@@ -82,11 +87,11 @@ impl Backends {
         {
             return Err(ApiError::unavailable("broker unavailable", reason.clone()));
         }
-        match self.connect_broker().await {
-            Ok(broker) => {
+        match self.connect_broker(&mut slot.nodes).await {
+            Ok((broker, node)) => {
                 slot.failed = None;
                 slot.live = Some(broker.clone());
-                tracing::info!("connected to the broker");
+                tracing::info!(%node, "connected to the broker");
                 Ok(broker)
             }
             Err(e) => {
@@ -97,26 +102,29 @@ impl Backends {
         }
     }
 
-    async fn connect_broker(&self) -> anyhow::Result<Broker> {
+    async fn connect_broker(&self, nodes: &mut amqp::Nodes) -> anyhow::Result<(Broker, String)> {
         let name = format!("producer-serve {}", self.names.namespace());
-        let conn = amqp::connect(&self.connection.amqp_url, &name).await?;
+        let (conn, node) = nodes.connect(&name).await?;
         let setup = conn.create_channel().await?;
         Topology::new(self.names.clone(), self.connection.queue_type)
             .declare(&setup)
             .await?;
         let _ = setup.close(200, "topology declared".into()).await;
         let channel = amqp::confirm_channel(&conn).await?;
-        Ok(Broker {
-            conn: Arc::new(conn),
-            channel,
-        })
+        Ok((
+            Broker {
+                conn: Arc::new(conn),
+                channel,
+            },
+            node,
+        ))
     }
 
     /// The Redis store, connecting on first use.
     pub async fn store(&self) -> Result<&Store, ApiError> {
         let c = &self.connection;
         self.store
-            .get_or_try_init(|| Store::connect(&c.redis_url, self.names.clone(), c.result_ttl))
+            .get_or_try_init(|| Store::connect(c))
             .await
             .map_err(|e| {
                 ApiError::unavailable("redis unavailable", tributary::runtime::cli::chain(&e))

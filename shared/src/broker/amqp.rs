@@ -6,6 +6,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+use crate::runtime::config::UrlList;
 use crate::runtime::redact::redact_url;
 
 pub use lapin::PublisherConfirm;
@@ -35,6 +36,65 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
             source,
         }),
         Err(_) => Err(AmqpError::ConnectTimeout(limit, redact_url(url))),
+    }
+}
+
+/// The nodes of one broker (the URLs of a cluster's nodes, or one node's), tried in turn
+/// from a random one so that a fleet spreads over the cluster.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    urls: Vec<String>,
+    next: usize,
+}
+
+impl Nodes {
+    pub fn new(list: &UrlList) -> Self {
+        let urls = list.urls().to_vec();
+        let next = rand::random_range(0..urls.len());
+        Self { urls, next }
+    }
+
+    /// Connects to the first node that answers, starting at the next one in turn; the
+    /// connect after this one starts at the node after the one that answered (a session
+    /// that lost its node moves on). Returns the connection and the node's address
+    /// (`host:port`, for logs). Fails with the last node's error when none answers.
+    pub async fn connect(&mut self, name: &str) -> Result<(Connection, String), AmqpError> {
+        let mut last = None;
+        for _ in 0..self.urls.len() {
+            let index = self.next;
+            self.next = (index + 1) % self.urls.len();
+            match connect(&self.urls[index], name).await {
+                Ok(conn) => return Ok((conn, node_of(&self.urls[index]))),
+                Err(e) => {
+                    if self.urls.len() > 1 {
+                        tracing::warn!(node = %node_of(&self.urls[index]), "{name}: broker node unavailable: {}", crate::runtime::cli::chain(&e));
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("a node list is never empty"))
+    }
+}
+
+/// Connects to one of the nodes of `list` (a random one first, then the others in turn):
+/// for one-shot commands. Workers and servers keep a [`Nodes`] to move on after a loss.
+pub async fn connect_any(list: &UrlList, name: &str) -> Result<Connection, AmqpError> {
+    Ok(Nodes::new(list).connect(name).await?.0)
+}
+
+/// `host:port` of a broker URL (5672, or 5671 for amqps, when it names none).
+fn node_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let default = if u.scheme() == "amqps" { 5671 } else { 5672 };
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(default)
+            )
+        }
+        Err(_) => "<unparsable url>".into(),
     }
 }
 
@@ -187,6 +247,23 @@ pub mod header {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_are_named_by_host_and_port() {
+        assert_eq!(node_of("amqp://u:p@10.0.0.1:5701/%2f"), "10.0.0.1:5701");
+        assert_eq!(node_of("amqp://rabbit/"), "rabbit:5672");
+        assert_eq!(node_of("amqps://rabbit/"), "rabbit:5671");
+    }
+
+    #[tokio::test]
+    async fn nodes_are_tried_in_turn_and_each_failure_moves_on() {
+        // Two closed ports: every node refuses, each once per connect.
+        let list = UrlList::amqp("amqp://127.0.0.1:1/%2f,amqp://127.0.0.1:2/%2f").unwrap();
+        let mut nodes = Nodes::new(&list);
+        let first = nodes.next;
+        assert!(nodes.connect("test").await.is_err());
+        assert_eq!(nodes.next, first, "both tried, back at the start");
+    }
 
     #[test]
     fn headers_round_trip() {

@@ -7,26 +7,52 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::redact::redact_url;
+
 /// The connection settings and namespace of the design's external contract.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// AMQP broker URL.
+    /// AMQP broker URL, or a comma-separated list of the nodes of one RabbitMQ cluster
+    /// (each a full amqp:// or amqps:// URL): a binary connects to one of them, starting
+    /// from a random one, and moves on to the next when its node is lost or refuses.
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = UrlList::amqp,
         global = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: UrlList,
 
-    /// Redis URL.
+    /// Redis URL, or a comma-separated list of seed nodes of a Redis Cluster (cluster mode
+    /// is detected from `INFO cluster`; see --redis-cluster).
     #[arg(
         long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/",
+        value_parser = UrlList::redis,
         global = true
     )]
-    pub redis_url: String,
+    pub redis_url: UrlList,
+
+    /// Treat the --redis-url nodes as a Redis Cluster without asking them.
+    #[arg(long, env = "TRIBUTARY_REDIS_CLUSTER", global = true)]
+    pub redis_cluster: bool,
+
+    /// After each write that a message's ack depends on, wait until this many replicas
+    /// have it (Redis `WAIT`); fewer within --redis-wait-timeout is an infrastructure error
+    /// (the message is not acked and comes back). 0: do not wait.
+    #[arg(
+        long,
+        env = "TRIBUTARY_REDIS_WAIT_REPLICAS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub redis_wait_replicas: u32,
+
+    /// How long a write waits for --redis-wait-replicas replicas.
+    #[arg(long, env = "TRIBUTARY_REDIS_WAIT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub redis_wait_timeout: Duration,
 
     /// Prefix of every exchange, queue and Redis key.
     #[arg(
@@ -111,14 +137,89 @@ pub fn parse_namespace(s: &str) -> Result<String, String> {
     }
 }
 
+/// One URL or a comma-separated list of them, each checked to be a URL of the expected
+/// schemes (amqp/amqps for the broker, redis/rediss for Redis) with a host. `Display`
+/// shows the list with passwords redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlList(Vec<String>);
+
+impl UrlList {
+    /// A list of URLs; each must have one of `schemes` and a host.
+    pub fn parse(raw: &str, schemes: &[&str]) -> Result<Self, String> {
+        let urls: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect();
+        if urls.is_empty() {
+            return Err("no URL given".into());
+        }
+        for raw in &urls {
+            let url = url::Url::parse(raw)
+                .map_err(|e| format!("{:?} is not a URL ({e})", redact_url(raw)))?;
+            if !schemes.contains(&url.scheme()) || url.host_str().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "{}: the scheme must be {}, with a host",
+                    redact_url(raw),
+                    schemes.join(":// or ") + "://"
+                ));
+            }
+        }
+        Ok(Self(urls))
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The first URL (the only one, for a single node).
+    pub fn first(&self) -> &str {
+        &self.0[0]
+    }
+
+    /// Broker URLs (the `--amqp-url` parser).
+    pub fn amqp(raw: &str) -> Result<Self, String> {
+        Self::parse(raw, &["amqp", "amqps"])
+    }
+
+    /// Redis URLs (the `--redis-url` parser).
+    pub fn redis(raw: &str) -> Result<Self, String> {
+        Self::parse(raw, &["redis", "rediss"])
+    }
+}
+
+impl std::fmt::Display for UrlList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted: Vec<String> = self.0.iter().map(|u| redact_url(u)).collect();
+        f.write_str(&redacted.join(","))
+    }
+}
+
+impl std::fmt::Debug for UrlList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UrlList({self})")
+    }
+}
+
 impl ConnectionArgs {
-    /// Settings for tests and tools that build a config in code.
+    /// Settings for tests and tools that build a config in code: the local single nodes,
+    /// or `AMQP_URL` / `REDIS_URL` from the environment.
     pub fn local(namespace: &str) -> Self {
+        let env_or = |name: &str, default: &str, parse: fn(&str) -> Result<UrlList, String>| {
+            let raw = std::env::var(name).unwrap_or_else(|_| default.into());
+            parse(&raw).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
         Self {
-            amqp_url: std::env::var("AMQP_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
-            redis_url: std::env::var("REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into()),
+            amqp_url: env_or(
+                "AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                UrlList::amqp,
+            ),
+            redis_url: env_or("REDIS_URL", "redis://127.0.0.1:6379/", UrlList::redis),
+            redis_cluster: false,
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_secs(2),
             namespace: namespace.to_string(),
             queue_type: QueueType::Classic,
             result_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -137,5 +238,29 @@ mod tests {
         assert!(parse_namespace("").is_err());
         assert!(parse_namespace("a b").is_err());
         assert!(parse_namespace("a{b}").is_err());
+    }
+
+    #[test]
+    fn url_lists_parse_and_redact() {
+        let list = UrlList::amqp("amqp://u:secret@a:5701/%2f, amqp://u:secret@b:5702/%2f").unwrap();
+        assert_eq!(list.urls().len(), 2);
+        assert_eq!(list.first(), "amqp://u:secret@a:5701/%2f");
+        assert_eq!(
+            list.to_string(),
+            "amqp://u:***@a:5701/%2f,amqp://u:***@b:5702/%2f"
+        );
+        assert!(UrlList::parse("redis://a:7000/,redis://b:7001/", &["redis"]).is_ok());
+        let bad = UrlList::parse("amqp://a/,http://b/", &["amqp", "amqps"]).unwrap_err();
+        assert_eq!(
+            bad,
+            "http://b/: the scheme must be amqp:// or amqps://, with a host"
+        );
+        assert!(UrlList::redis("amqp://a/").is_err());
+        assert!(
+            UrlList::parse("amqp://u:pw@a/,nope", &["amqp"])
+                .unwrap_err()
+                .contains("is not a URL")
+        );
+        assert!(UrlList::parse(" , ", &["amqp"]).is_err());
     }
 }

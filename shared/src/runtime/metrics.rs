@@ -2,12 +2,13 @@
 //!
 //! One process-wide registry ([`metrics`]); stages count into it. `--metrics-listen ADDR`
 //! serves `/metrics` (Prometheus text), `/livez` (the process is up) and `/readyz` (200 only
-//! while connected to the broker and Redis answers). Labels are bounded: stage, error class,
-//! HTTP status code; never a URL, host or job id.
+//! while a session consumes and Redis answers). Labels are bounded: stage, error class,
+//! HTTP status code, queue, and the fetcher's host buckets (a `--host-rate` pattern or
+//! `other`, never a host the operator did not name); never a URL or job id.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::names::Stage;
 use crate::policy::ErrorClass;
-use crate::store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -81,6 +81,7 @@ pub struct Metrics {
     host_throttled: Family<HostLabel, Counter>,
     host_deferred: Family<HostLabel, Counter>,
     host_rate: Family<HostLabel, Gauge<f64, AtomicU64>>,
+    broker_blocked: Gauge,
 }
 
 impl Metrics {
@@ -101,6 +102,7 @@ impl Metrics {
             host_throttled: Family::default(),
             host_deferred: Family::default(),
             host_rate: Family::default(),
+            broker_blocked: Gauge::default(),
         };
         macro_rules! register {
             ($($name:literal, $help:literal => $metric:expr;)*) => {
@@ -121,6 +123,7 @@ impl Metrics {
             "host_throttled", "429 responses per host bucket" => m.host_throttled;
             "host_deferred", "Tasks put aside in a delay queue by a host bucket's rate limit or pause (not attempts)" => m.host_deferred;
             "host_rate", "Configured requests per second of a host bucket" => m.host_rate;
+            "broker_blocked", "Broker connections of this process the broker has blocked (memory or disk alarm)" => m.broker_blocked;
         }
         Self { registry, ..m }
     }
@@ -208,6 +211,15 @@ impl Metrics {
             .set(per_second);
     }
 
+    /// A broker connection was blocked (a resource alarm) or unblocked.
+    pub fn set_broker_blocked(&self, blocked: bool) {
+        if blocked {
+            self.broker_blocked.inc();
+        } else {
+            self.broker_blocked.dec();
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -222,39 +234,60 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// Broker sessions currently up in this process (set by `worker::supervise`).
-static BROKER_SESSIONS: AtomicI64 = AtomicI64::new(0);
-static EVER_CONNECTED: AtomicBool = AtomicBool::new(false);
-static STORE: OnceLock<Store> = OnceLock::new();
+/// Sessions consuming now in this process, and supervisors waiting for Redis to answer
+/// (set through [`Readiness`] guards by `runtime::supervise`).
+static CONSUMING: AtomicI64 = AtomicI64::new(0);
+static REDIS_DOWN: AtomicI64 = AtomicI64::new(0);
 
-/// A session started (`up`) or ended.
-pub fn broker_session(up: bool) {
-    if up {
-        BROKER_SESSIONS.fetch_add(1, Ordering::SeqCst);
-        EVER_CONNECTED.store(true, Ordering::SeqCst);
-    } else {
-        BROKER_SESSIONS.fetch_sub(1, Ordering::SeqCst);
+/// What a supervisor reports to `/readyz` while it holds the guard: a session consuming,
+/// or Redis not answering. Dropping the guard (the state ended, or the task was aborted)
+/// takes the report back.
+#[derive(Debug)]
+pub enum Readiness {
+    Consuming,
+    RedisDown,
+}
+
+impl Readiness {
+    fn counter(&self) -> &'static AtomicI64 {
+        match self {
+            Readiness::Consuming => &CONSUMING,
+            Readiness::RedisDown => &REDIS_DOWN,
+        }
+    }
+
+    /// Reports this state until the returned guard is dropped.
+    pub fn report(self) -> ReadinessGuard {
+        self.counter().fetch_add(1, Ordering::SeqCst);
+        ReadinessGuard(self)
     }
 }
 
-/// The store `/readyz` pings.
-pub fn register_store(store: &Store) {
-    let _ = STORE.set(store.clone());
+/// See [`Readiness::report`].
+#[derive(Debug)]
+pub struct ReadinessGuard(Readiness);
+
+impl Drop for ReadinessGuard {
+    fn drop(&mut self) {
+        self.0.counter().fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Ready while a session consumes and no supervisor of the process waits for Redis.
+fn readiness() -> Result<(), &'static str> {
+    if REDIS_DOWN.load(Ordering::SeqCst) > 0 {
+        return Err("redis does not answer\n");
+    }
+    if CONSUMING.load(Ordering::SeqCst) <= 0 {
+        return Err("not connected to the broker\n");
+    }
+    Ok(())
 }
 
 async fn ready() -> impl IntoResponse {
-    if BROKER_SESSIONS.load(Ordering::SeqCst) <= 0 {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the broker\n",
-        );
-    }
-    let Some(store) = STORE.get() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not connected to redis\n");
-    };
-    match tokio::time::timeout(Duration::from_secs(1), store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "redis does not answer\n"),
+    match readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }
 

@@ -1,24 +1,30 @@
 //! The Redis side: job counters, per-task state and the exactly-once apply of results.
 //!
-//! Every write is one Lua script that touches only the keys of one job (one hash tag), so
-//! counters and aggregates move together and redelivery changes nothing.
+//! Every write is one Lua script that touches only the keys of one job (one hash tag, so
+//! one slot of a Redis Cluster), so counters and aggregates move together and redelivery
+//! changes nothing. A write a message's ack depends on goes through [`Store::write`], which
+//! waits for `--redis-wait-replicas` replicas when asked to. [`conn`] is the connection
+//! (one node or a cluster).
+
+pub mod conn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, FromRedisValue};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::message::TaskResult;
 use crate::names::Names;
-use crate::runtime::redact::redact_url;
+use crate::runtime::config::ConnectionArgs;
 use crate::stats::GroupStats;
+pub use conn::{RedisConn, ScriptCall};
 
 const STATE_LUA: &str = include_str!("lua/state.lua");
 const MARK_LUA: &str = include_str!("lua/mark.lua");
 const APPLY_LUA: &str = include_str!("lua/apply.lua");
+const TOTAL_LUA: &str = include_str!("lua/total.lua");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,6 +37,16 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis holds a malformed value at {key}: {detail}")]
     Corrupt { key: String, detail: String },
+    #[error("redis: {0}")]
+    Config(String),
+    #[error("redis: only {got} of {wanted} replicas acknowledged a write within {timeout:?}")]
+    NotReplicated {
+        wanted: u32,
+        got: u32,
+        timeout: Duration,
+    },
+    #[error("redis cluster: cluster_state is not ok")]
+    ClusterDown,
 }
 
 /// A state change of tasks, applied idempotently (see `lua/state.lua`).
@@ -82,11 +98,19 @@ pub type LatencyHistogram = Vec<(f64, u64)>;
 /// The Redis store of one namespace. Cheap to clone; reconnects by itself.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     names: Names,
     ttl_secs: u64,
+    /// `--redis-wait-replicas` and `--redis-wait-timeout`.
+    wait_replicas: u32,
+    wait_timeout: Duration,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+struct Scripts {
     mark: redis::Script,
     apply: redis::Script,
+    total: redis::Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -96,29 +120,36 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects (failing if Redis is not reachable now; later outages are retried by the
-    /// connection manager, each command timing out after 5 s).
-    pub async fn connect(url: &str, names: Names, ttl: Duration) -> Result<Self, StoreError> {
-        let connect_err = |source| StoreError::Connect {
-            url: redact_url(url),
-            source,
-        };
-        let client = redis::Client::open(url).map_err(connect_err)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(connect_err)?;
+    /// Connects to the Redis (one node or a cluster) of `args`, in its namespace, failing
+    /// if Redis is not reachable now; later outages are retried by the connection, each
+    /// command timing out after 5 s.
+    pub async fn connect(args: &ConnectionArgs) -> Result<Self, StoreError> {
         Ok(Self {
-            conn,
-            names,
-            ttl_secs: ttl.as_secs().max(1),
-            mark: redis::Script::new(&format!("{STATE_LUA}\n{MARK_LUA}")),
-            apply: redis::Script::new(&format!("{STATE_LUA}\n{APPLY_LUA}")),
+            conn: conn::open(args).await?,
+            names: Names::new(&args.namespace),
+            ttl_secs: args.result_ttl.as_secs().max(1),
+            wait_replicas: args.redis_wait_replicas,
+            wait_timeout: args.redis_wait_timeout,
+            scripts: std::sync::Arc::new(Scripts {
+                mark: redis::Script::new(&format!("{STATE_LUA}\n{MARK_LUA}")),
+                apply: redis::Script::new(&format!("{STATE_LUA}\n{APPLY_LUA}")),
+                total: redis::Script::new(TOTAL_LUA),
+            }),
         })
+    }
+
+    /// Runs a state-changing script call that a message's ack depends on: with
+    /// `--redis-wait-replicas N`, `Ok` only once N replicas have the write.
+    pub async fn write<T: FromRedisValue>(&self, call: &ScriptCall<'_>) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.eval_durable(call, self.wait_replicas, self.wait_timeout)
+            .await
+    }
+
+    /// Runs a script call that needs no replica acknowledgement (reads, and writes nothing
+    /// is acked on, such as rate-limit state).
+    pub async fn eval<T: FromRedisValue>(&self, call: &ScriptCall<'_>) -> Result<T, StoreError> {
+        self.conn.clone().eval(call).await
     }
 
     pub fn names(&self) -> &Names {
@@ -130,25 +161,21 @@ impl Store {
         Duration::from_secs(self.ttl_secs)
     }
 
-    /// The shared, self-reconnecting connection (for other scripts, e.g. `hostlimit`).
-    pub fn connection(&self) -> ConnectionManager {
+    /// The shared, self-reconnecting connection (for other scripts, e.g. the fetcher's
+    /// per-host limiter).
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
-    /// Adds `tasks` to the job's total (creating the job). Called before any of them is
-    /// published, so a job is never `done` before its last task is counted.
-    pub async fn add_to_total(&self, job: Uuid, tasks: u64) -> Result<(), StoreError> {
-        let key = self.names.status_key(job);
-        let mut conn = self.conn.clone();
-        let _: () = redis::pipe()
-            .atomic()
-            .hincr(&key, "total", tasks)
-            .ignore()
-            .expire(&key, self.ttl_secs as i64)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+    /// Adds `tasks` to the job's total (creating the job); returns the total now. Called
+    /// before any of them is published, so a job is never `done` before its last task is
+    /// counted.
+    pub async fn add_to_total(&self, job: Uuid, tasks: u64) -> Result<u64, StoreError> {
+        let mut call = ScriptCall::new(&self.scripts.total);
+        call.key(self.names.status_key(job))
+            .arg(tasks)
+            .arg(self.ttl_secs);
+        self.write(&call).await
     }
 
     /// Applies a state change to tasks of one job; returns how many changed.
@@ -156,17 +183,15 @@ impl Store {
         if tasks.is_empty() {
             return Ok(0);
         }
-        let mut invocation = self.mark.prepare_invoke();
-        invocation
-            .key(self.names.status_key(job))
+        let mut call = ScriptCall::new(&self.scripts.mark);
+        call.key(self.names.status_key(job))
             .key(self.names.tasks_key(job))
             .arg(mark.op())
             .arg(self.ttl_secs);
         for task in tasks {
-            invocation.arg(task.to_string());
+            call.arg(task.to_string());
         }
-        let mut conn = self.conn.clone();
-        Ok(invocation.invoke_async(&mut conn).await?)
+        self.write(&call).await
     }
 
     /// Applies one mark to tasks of possibly several jobs: one script call per job.
@@ -187,9 +212,8 @@ impl Store {
         if items.is_empty() {
             return Ok(0);
         }
-        let mut invocation = self.apply.prepare_invoke();
-        invocation
-            .key(self.names.status_key(job))
+        let mut call = ScriptCall::new(&self.scripts.apply);
+        call.key(self.names.status_key(job))
             .key(self.names.tasks_key(job))
             .key(self.names.groups_key(job))
             .key(self.names.latency_key(job))
@@ -197,13 +221,11 @@ impl Store {
             .arg(crate::message::now_ms());
         for item in items {
             let groups = merge_by_group(item);
-            invocation
-                .arg(item.task_id.to_string())
+            call.arg(item.task_id.to_string())
                 .arg(item.enqueued_ms.map(|m| m.to_string()).unwrap_or_default())
                 .arg(groups.len());
             for (group, g) in groups {
-                invocation
-                    .arg(group)
+                call.arg(group)
                     .arg(g.records)
                     .arg(g.count)
                     .arg(g.sum.to_string())
@@ -211,8 +233,7 @@ impl Store {
                     .arg(g.max.to_string());
             }
         }
-        let mut conn = self.conn.clone();
-        Ok(invocation.invoke_async(&mut conn).await?)
+        self.write(&call).await
     }
 
     /// The job's status, or `None` for a job Redis does not know.
@@ -279,11 +300,9 @@ impl Store {
         Ok(())
     }
 
-    /// Answers when Redis does (for readiness).
+    /// Answers when Redis serves (a node answers; a cluster says its state is ok).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
+        self.conn.clone().healthy().await
     }
 }
 

@@ -727,7 +727,7 @@ fn log_tail(path: &Path) -> String {
 async fn wait_for_workers(ctx: &Ctx<'_>, workers: &mut Workers) -> anyhow::Result<()> {
     let args = ConnectionArgs::local(ctx.namespace);
     let names = Names::new(ctx.namespace);
-    let conn = tributary::broker::amqp::connect(&args.amqp_url, "bench").await?;
+    let conn = tributary::broker::amqp::connect_any(&args.amqp_url, "bench").await?;
     let deadline = Instant::now() + START_LIMIT;
     let outcome = async {
         loop {
@@ -1027,9 +1027,7 @@ async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let args = ctx.args;
     let ticks = environment_ticks();
     let conn = ConnectionArgs::local(ctx.namespace);
-    let store = Store::connect(&conn.redis_url, Names::new(ctx.namespace), conn.result_ttl)
-        .await
-        .context("connecting to Redis")?;
+    let store = Store::connect(&conn).await.context("connecting to Redis")?;
     let file = url_file(ctx)?;
     let sampler = Sampler::start();
 
@@ -1383,7 +1381,7 @@ async fn run_peer(ctx: &Ctx<'_>) -> PeerResult {
         .arg(ctx.args.urls.to_string())
         .arg(ctx.origin.base_url())
         .arg(format!("{}:peer", ctx.namespace))
-        .arg(ConnectionArgs::local(ctx.namespace).redis_url)
+        .arg(ConnectionArgs::local(ctx.namespace).redis_url.first())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

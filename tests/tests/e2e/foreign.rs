@@ -34,7 +34,7 @@ fn publish_with_pika(namespace: &str, job: Uuid, urls: &[String]) -> anyhow::Res
     let amqp_url = ConnectionArgs::local(namespace).amqp_url;
     let mut child = Command::new("python3")
         .arg(&script)
-        .args([amqp_url.as_str(), namespace, &job.to_string()])
+        .args([amqp_url.first(), namespace, &job.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

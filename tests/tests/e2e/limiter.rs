@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use fetcher_worker::politeness::limiter::{Admission, Aimd, Answer, Gcra, HostLimiter};
-use tributary::names::Names;
 use tributary::runtime::config::ConnectionArgs;
 use tributary::store::Store;
 use uuid::Uuid;
@@ -12,7 +11,7 @@ use uuid::Uuid;
 async fn limiter() -> (HostLimiter, Store) {
     let ns = format!("t-hostlimit-{}", uuid::Uuid::new_v4().simple());
     let args = ConnectionArgs::local(&ns);
-    let store = Store::connect(&args.redis_url, Names::new(&ns), args.result_ttl)
+    let store = Store::connect(&args)
         .await
         .expect("redis at 127.0.0.1:6379");
     (HostLimiter::new(&store), store)

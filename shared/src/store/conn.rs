@@ -1,0 +1,391 @@
+//! The store's Redis connection: one node (a self-reconnecting `ConnectionManager`) or a
+//! Redis Cluster (redis's cluster-async client, which follows `MOVED`/`ASK` and refreshes
+//! its slot map by itself), behind one type every script and command runs on.
+//!
+//! Also here: how `--redis-url` / `--redis-cluster` choose between the two (a list of seed
+//! nodes, cluster mode detected from `INFO cluster`), the replica check of
+//! `--redis-wait-replicas` at start, and the script calls: [`ScriptCall`] is an `EVALSHA`
+//! that [`RedisConn::eval`] runs (loading the script on `NOSCRIPT`), and
+//! [`RedisConn::eval_durable`] runs with a `WAIT` for replicas in the same round trip on
+//! the same connection, so the `WAIT` covers that write and no other connection's.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, FromRedisValue, RedisFuture, Script, ToRedisArgs, Value};
+
+use super::StoreError;
+use crate::runtime::config::ConnectionArgs;
+use crate::runtime::redact::redact_url;
+
+/// How long connecting and each command may take before they count as failed.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to one Redis node or to a Redis Cluster. Cheap to clone (both sides are
+/// multiplexed handles).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+/// One call of a Lua script: its keys (every key it touches, all in one hash slot) and
+/// arguments, sent as `EVALSHA`.
+pub struct ScriptCall<'a> {
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl<'a> ScriptCall<'a> {
+    pub fn new(script: &'a Script) -> Self {
+        Self {
+            script,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn cmd(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+impl RedisConn {
+    /// Runs a script call; a Redis that does not know the script (restarted, or a node
+    /// new to the cluster) is given it, and the call is sent again.
+    pub async fn eval<T: FromRedisValue>(
+        &mut self,
+        call: &ScriptCall<'_>,
+    ) -> Result<T, StoreError> {
+        let cmd = call.cmd();
+        match cmd.query_async(self).await {
+            Err(e) if is_noscript(&e) => {
+                call.script.load_async(self).await?;
+                Ok(cmd.query_async(self).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// [`RedisConn::eval`], then `WAIT replicas timeout` in the same round trip on the same
+    /// connection (in a cluster, to the master of the script's keys): `Ok` only when at
+    /// least `replicas` replicas acknowledged the write. With 0 replicas, just the call.
+    pub async fn eval_durable<T: FromRedisValue>(
+        &mut self,
+        call: &ScriptCall<'_>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        if replicas == 0 {
+            return self.eval(call).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.cmd())
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64);
+        let (value, acked): (T, u32) = match pipe.query_async(self).await {
+            Err(e) if is_noscript(&e) => {
+                call.script.load_async(self).await?;
+                pipe.query_async(self).await?
+            }
+            other => other?,
+        };
+        if acked < replicas {
+            return Err(StoreError::NotReplicated {
+                wanted: replicas,
+                got: acked,
+                timeout,
+            });
+        }
+        Ok(value)
+    }
+
+    /// Whether Redis serves now: a node answers `PING`; a cluster answers
+    /// `cluster_state:ok` from one of its masters.
+    pub async fn healthy(&mut self) -> Result<(), StoreError> {
+        match self {
+            RedisConn::Single(c) => {
+                let _: String = redis::cmd("PING").query_async(c).await?;
+                Ok(())
+            }
+            RedisConn::Cluster(c) => {
+                let info = c
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("INFO").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                    )
+                    .await?;
+                let info: String =
+                    redis::from_redis_value(info).map_err(redis::RedisError::from)?;
+                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                    Ok(())
+                } else {
+                    Err(StoreError::ClusterDown)
+                }
+            }
+        }
+    }
+}
+
+/// Connects as `--redis-url` / `--redis-cluster` say, and checks that every master has the
+/// replicas `--redis-wait-replicas` asks for.
+pub async fn open(args: &ConnectionArgs) -> Result<RedisConn, StoreError> {
+    let urls = args.redis_url.urls();
+    let cluster = args.redis_cluster || detect_cluster(urls).await?;
+    let conn = if cluster {
+        open_cluster(urls).await?
+    } else {
+        open_single(urls).await?
+    };
+    if args.redis_wait_replicas > 0 {
+        check_replicas(&conn, urls, args.redis_wait_replicas).await?;
+    }
+    Ok(conn)
+}
+
+async fn open_single(urls: &[String]) -> Result<RedisConn, StoreError> {
+    let [url] = urls else {
+        return Err(StoreError::Config(format!(
+            "{} Redis URLs given but none is a cluster node: give one URL for a single Redis",
+            urls.len()
+        )));
+    };
+    let connect_err = |source| StoreError::Connect {
+        url: redact_url(url),
+        source,
+    };
+    let client = redis::Client::open(url.as_str()).map_err(connect_err)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    let conn = ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(connect_err)?;
+    Ok(RedisConn::Single(conn))
+}
+
+async fn open_cluster(urls: &[String]) -> Result<RedisConn, StoreError> {
+    let listed = urls
+        .iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    let connect_err = |source| StoreError::Connect {
+        url: listed.clone(),
+        source,
+    };
+    let client = ClusterClientBuilder::new(urls.to_vec())
+        .connection_timeout(TIMEOUT)
+        .response_timeout(TIMEOUT)
+        .retries(6)
+        .build()
+        .map_err(connect_err)?;
+    let conn = client.get_async_connection().await.map_err(connect_err)?;
+    Ok(RedisConn::Cluster(conn))
+}
+
+/// Asks each seed node whether it runs in cluster mode (`INFO cluster`); nodes that do not
+/// answer are skipped. A list that mixes cluster and non-cluster nodes is an error.
+async fn detect_cluster(urls: &[String]) -> Result<bool, StoreError> {
+    let mut cluster = Vec::new();
+    let mut single = Vec::new();
+    let mut last_error = None;
+    for url in urls {
+        match cluster_enabled(url).await {
+            Ok(true) => cluster.push(redact_url(url)),
+            Ok(false) => single.push(redact_url(url)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (cluster.is_empty(), single.is_empty()) {
+        (false, false) => Err(StoreError::Config(format!(
+            "the Redis URLs mix cluster nodes ({}) and non-cluster nodes ({})",
+            cluster.join(","),
+            single.join(",")
+        ))),
+        (false, true) => Ok(true),
+        (true, false) => Ok(false),
+        (true, true) => Err(last_error.expect("at least one URL was tried")),
+    }
+}
+
+async fn cluster_enabled(url: &str) -> Result<bool, StoreError> {
+    let connect_err = |source| StoreError::Connect {
+        url: redact_url(url),
+        source,
+    };
+    let client = redis::Client::open(url).map_err(connect_err)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(connect_err)?;
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut conn)
+        .await?;
+    Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1"))
+}
+
+/// Fails unless every master (the node, or each cluster master) has at least `wanted`
+/// replicas attached.
+async fn check_replicas(conn: &RedisConn, urls: &[String], wanted: u32) -> Result<(), StoreError> {
+    let short = |node: &str, got: u32| {
+        Err(StoreError::Config(format!(
+            "--redis-wait-replicas {wanted}: only {got} replica{} attached to {node}",
+            if got == 1 { "" } else { "s" }
+        )))
+    };
+    let mut conn = conn.clone();
+    match &mut conn {
+        RedisConn::Single(c) => {
+            let info: String = redis::cmd("INFO").arg("replication").query_async(c).await?;
+            let got = info_field(&info, "connected_slaves").unwrap_or(0);
+            if got < wanted {
+                return short(&redact_url(&urls[0]), got);
+            }
+        }
+        RedisConn::Cluster(c) => {
+            let nodes = c
+                .route_command(
+                    redis::cmd("CLUSTER").arg("NODES").clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                )
+                .await?;
+            let nodes: String = redis::from_redis_value(nodes).map_err(redis::RedisError::from)?;
+            for (master, got) in replicas_per_master(&nodes) {
+                if got < wanted {
+                    return short(&master, got);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info_field(info: &str, field: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// From `CLUSTER NODES`: each serving master (`ip:port`) and how many healthy replicas
+/// follow it.
+pub fn replicas_per_master(nodes: &str) -> Vec<(String, u32)> {
+    let rows: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() >= 8)
+        .collect();
+    let failed = |flags: &str| flags.split(',').any(|f| f == "fail" || f == "fail?");
+    rows.iter()
+        .filter(|f| f[2].split(',').any(|flag| flag == "master") && !failed(f[2]))
+        .filter(|f| f.len() > 8) // a master that serves slots
+        .map(|m| {
+            let address = m[1].split('@').next().unwrap_or(m[1]).to_string();
+            let replicas = rows
+                .iter()
+                .filter(|r| r[3] == m[0] && !failed(r[2]))
+                .count();
+            (address, replicas as u32)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_counted_per_serving_master() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b1 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922
+c1 127.0.0.1:7002@17002 master,fail - 0 0 3 connected
+d1 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+e1 127.0.0.1:7004@17004 slave b1 0 0 2 connected
+f1 127.0.0.1:7005@17005 slave,fail b1 0 0 2 connected
+g1 127.0.0.1:7006@17006 master - 0 0 4 connected 10923-16383
+";
+        assert_eq!(
+            replicas_per_master(nodes),
+            vec![
+                ("127.0.0.1:7000".to_string(), 1),
+                ("127.0.0.1:7001".to_string(), 1),
+                ("127.0.0.1:7006".to_string(), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn info_fields_parse() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n";
+        assert_eq!(info_field(info, "connected_slaves"), Some(2));
+        assert_eq!(info_field(info, "missing"), None);
+    }
+}
