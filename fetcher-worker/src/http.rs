@@ -10,7 +10,7 @@ use reqwest::header::{
     CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     LAST_MODIFIED, RETRY_AFTER,
 };
-use tributary::message::{Task, check_url};
+use tributary::message::Task;
 use tributary::policy::{ErrorClass, Failure};
 use tributary::runtime::redact::redact_url;
 
@@ -85,11 +85,17 @@ impl Http {
         })
     }
 
-    /// Downloads one task's URL, recording the response in the metrics. With `known`
-    /// validators the request is conditional, and a 304 is an (empty) success.
-    pub async fn fetch(&self, task: &Task, known: Option<&Validators>) -> Result<Fetched, Failure> {
+    /// Downloads one task's URL (`url`, as parsed when the task was validated), recording
+    /// the response in the metrics. With `known` validators the request is conditional,
+    /// and a 304 is an (empty) success.
+    pub async fn fetch(
+        &self,
+        task: &Task,
+        url: &url::Url,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, Failure> {
         let started = std::time::Instant::now();
-        let result = self.download(task, known).await;
+        let result = self.download(task, url, known).await;
         let (status, bytes) = match &result {
             Ok(f) => (Some(f.status), f.body.len()),
             Err(failure) => (failure.http_status, 0),
@@ -98,17 +104,21 @@ impl Http {
         result
     }
 
-    async fn download(&self, task: &Task, known: Option<&Validators>) -> Result<Fetched, Failure> {
-        let url = check_url(&task.url)?;
+    async fn download(
+        &self,
+        task: &Task,
+        url: &url::Url,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, Failure> {
         if !self.options.allow_private
-            && let Err(blocked) = guard::check_literal(&url)
+            && let Err(blocked) = guard::check_literal(url)
         {
             return Err(Failure::new(
                 ErrorClass::BlockedAddress,
                 blocked.to_string(),
             ));
         }
-        let mut request = self.client.get(url);
+        let mut request = self.client.get(url.clone());
         if let Some(headers) = &task.headers {
             request = request.headers(header_map(headers)?);
         }

@@ -5,10 +5,12 @@
 
 pub mod conditional;
 pub mod config;
+pub mod fetch;
 pub mod guard;
 pub mod http;
 pub mod pipeline;
 pub mod politeness;
+pub mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +47,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config,
         http,
         names,
-        policy,
+        policy: Arc::new(policy),
         rates,
     });
     supervise(

@@ -12,10 +12,10 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tributary::broker::amqp;
-use tributary::broker::deadletter::{TaskRef, dead_properties};
+use tributary::broker::deadletter::{DeadLetter, TaskRef, bury};
 use tributary::message::{
     CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, Payload, ResultBatch, TaskResult, decode_payloads,
-    encode_payloads,
+    encode_payloads, salvage,
 };
 use tributary::names::{Names, Stage};
 use tributary::policy::Failure;
@@ -24,6 +24,7 @@ use tributary::runtime::metrics::metrics;
 
 use crate::json_stats::JsonStats;
 use tributary::broker::topology::Topology;
+use tributary::runtime::accounting;
 use tributary::runtime::session::{ConsumeOptions, Session, consume_each};
 use tributary::runtime::shutdown::CancellationToken;
 use tributary::runtime::supervise::supervise;
@@ -76,7 +77,7 @@ async fn process_session(
         drain_timeout: config.worker.shutdown_timeout,
         label: "processor",
     };
-    consume_each(&session, options, |delivery| {
+    let main = consume_each(&session, options, |delivery| {
         handle(
             delivery,
             processor.clone(),
@@ -84,10 +85,12 @@ async fn process_session(
             store.clone(),
             names.clone(),
         )
-    })
-    .await
+    });
+    accounting::alongside(&session, Stage::Process, main).await
 }
 
+/// One `process` message: decode, process every payload, publish the results (one
+/// message) and dead-letter the failures (one per task), mark Redis, then ack.
 async fn handle(
     delivery: Delivery,
     processor: Arc<dyn Processor>,
@@ -95,7 +98,6 @@ async fn handle(
     store: Store,
     names: Names,
 ) -> anyhow::Result<()> {
-    let exchange = names.exchange();
     let payloads = match decode_payloads(&delivery.data) {
         Ok(payloads) => payloads,
         Err(failure) => {
@@ -103,30 +105,51 @@ async fn handle(
                 "dead-lettering an undecodable process message: {}",
                 failure.reason
             );
-            let props = dead_properties(
-                CONTENT_TYPE_PAYLOADS,
-                Stage::Process,
-                &failure,
-                1,
-                &TaskRef::default(),
-            );
-            amqp::publish_confirmed(
-                &publisher,
-                exchange,
-                &Names::dead_routing_key(Stage::Process),
-                &delivery.data,
-                props,
-            )
-            .await?;
+            let letters: Vec<DeadLetter> =
+                salvage::split(Stage::Process, &delivery.data, None, None)
+                    .into_iter()
+                    .map(|entry| DeadLetter::of_entry(entry, failure.clone(), 1))
+                    .collect();
+            bury(&publisher, &store, Stage::Process, &letters).await?;
             delivery.acker.ack(BasicAckOptions::default()).await?;
             return Ok(());
         }
     };
-    let (payloads, processor) = tokio::task::spawn_blocking(move || {
-        let outcomes: Vec<(Payload, Result<TaskResult, Failure>)> = payloads
-            .into_iter()
-            .map(|payload| {
-                let outcome = processor.process(&payload).map(|records| TaskResult {
+    let (results, dead) = run_processor(processor, payloads).await?;
+    let m = metrics();
+    m.consumed(Stage::Process, (results.len() + dead.len()) as u64);
+    m.succeeded(Stage::Process, results.len() as u64);
+    let done: Vec<(uuid::Uuid, uuid::Uuid)> =
+        results.iter().map(|r| (r.job_id, r.task_id)).collect();
+    if !results.is_empty() {
+        let body = ResultBatch::new(results).to_json();
+        amqp::publish_confirmed(
+            &publisher,
+            names.exchange(),
+            Stage::Results.as_str(),
+            &body,
+            amqp::persistent(CONTENT_TYPE_RESULTS),
+        )
+        .await?;
+    }
+    bury(&publisher, &store, Stage::Process, &dead).await?;
+    store.mark_many(Mark::Processed, done).await?;
+    delivery.acker.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+/// Runs the processor on every payload (on a blocking thread): the results, and a dead
+/// letter for each payload that failed.
+async fn run_processor(
+    processor: Arc<dyn Processor>,
+    payloads: Vec<Payload>,
+) -> anyhow::Result<(Vec<TaskResult>, Vec<DeadLetter>)> {
+    Ok(tokio::task::spawn_blocking(move || {
+        let mut results = Vec::with_capacity(payloads.len());
+        let mut dead = Vec::new();
+        for payload in payloads {
+            match processor.process(&payload) {
+                Ok(records) => results.push(TaskResult {
                     job_id: payload.header.job_id,
                     task_id: payload.header.task_id,
                     enqueued_ms: payload.header.enqueued_ms,
@@ -135,72 +158,30 @@ async fn handle(
                             .to_string(),
                     ),
                     records,
-                });
-                (payload, outcome)
-            })
-            .collect();
-        (outcomes, processor)
-    })
-    .await?;
-    drop(processor);
-
-    let mut results = Vec::new();
-    let mut dead = Vec::new();
-    for (payload, outcome) in payloads {
-        match outcome {
-            Ok(result) => results.push(result),
-            Err(failure) => dead.push((payload, failure)),
+                }),
+                Err(failure) => dead.push(dead_letter(&payload, failure)),
+            }
         }
+        (results, dead)
+    })
+    .await?)
+}
+
+/// A payload the processor failed, as a dead letter holding only it.
+fn dead_letter(payload: &Payload, failure: Failure) -> DeadLetter {
+    let header = &payload.header;
+    tracing::debug!(task_id = %header.task_id, class = %failure.class, "dead-lettered: {}", failure.reason);
+    DeadLetter {
+        body: encode_payloads([payload]),
+        content_type: CONTENT_TYPE_PAYLOADS.to_string(),
+        failure,
+        attempts: header.attempts.max(1),
+        task: TaskRef {
+            job_id: Some(header.job_id),
+            task_id: Some(header.task_id),
+            url: Some(header.url.clone()),
+            enqueued_ms: header.enqueued_ms,
+            traceparent: header.traceparent.clone(),
+        },
     }
-    let m = metrics();
-    m.consumed(Stage::Process, (results.len() + dead.len()) as u64);
-    m.succeeded(Stage::Process, results.len() as u64);
-    for (_, failure) in &dead {
-        m.dead(Stage::Process, failure.class);
-    }
-    let done: Vec<(uuid::Uuid, uuid::Uuid)> =
-        results.iter().map(|r| (r.job_id, r.task_id)).collect();
-    if !results.is_empty() {
-        let body = ResultBatch::new(results).to_json();
-        amqp::publish_confirmed(
-            &publisher,
-            exchange,
-            Stage::Results.as_str(),
-            &body,
-            amqp::persistent(CONTENT_TYPE_RESULTS),
-        )
-        .await?;
-    }
-    let mut dead_tasks = Vec::with_capacity(dead.len());
-    for (payload, failure) in dead {
-        let task = TaskRef {
-            job_id: Some(payload.header.job_id),
-            task_id: Some(payload.header.task_id),
-            url: Some(payload.header.url.clone()),
-            enqueued_ms: payload.header.enqueued_ms,
-            traceparent: payload.header.traceparent.clone(),
-        };
-        tracing::debug!(task_id = %payload.header.task_id, class = %failure.class, "dead-lettered: {}", failure.reason);
-        let props = dead_properties(
-            CONTENT_TYPE_PAYLOADS,
-            Stage::Process,
-            &failure,
-            payload.header.attempts.max(1),
-            &task,
-        );
-        let body = encode_payloads([&payload]);
-        amqp::publish_confirmed(
-            &publisher,
-            exchange,
-            &Names::dead_routing_key(Stage::Process),
-            &body,
-            props,
-        )
-        .await?;
-        dead_tasks.push((payload.header.job_id, payload.header.task_id));
-    }
-    store.mark_many(Mark::Processed, done).await?;
-    store.mark_many(Mark::Dead, dead_tasks).await?;
-    delivery.acker.ack(BasicAckOptions::default()).await?;
-    Ok(())
 }

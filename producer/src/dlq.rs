@@ -35,9 +35,9 @@ use anyhow::Context as _;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
-use tributary::broker::amqp::{self, HeadersExt, headers_of};
+use tributary::broker::amqp;
 use tributary::broker::deadletter::{
-    DeadInfo, TaskRef, enqueued_ms_of, stage_properties, traceparent_of,
+    BrokerDeath, DeadInfo, TaskRef, enqueued_ms_of, stage_properties, traceparent_of,
 };
 use tributary::broker::topology::Topology;
 use tributary::message::{CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, CONTENT_TYPE_TASK};
@@ -63,22 +63,18 @@ pub fn matches(info: &DeadInfo, filter: &DlqFilter) -> bool {
 /// What a dead letter found in `stage`'s dead-letter queue says about itself.
 ///
 /// Besides the `x-tributary-*` headers of [`DeadInfo`]: the stage is the queue's when the
-/// header is missing, and a message the broker dead-lettered by itself (a quorum queue's
-/// delivery limit) is described from the broker's `x-first-death-*` headers, so its error
-/// class is `delivery_limit`.
+/// header is missing, and a message the broker dead-lettered by itself straight into the
+/// dead-letter queue (only an older version's topology did that) is described from the
+/// latest entry of its `x-death` header, so its error class is `delivery_limit`.
 pub fn describe(properties: &BasicProperties, stage: Stage) -> DeadInfo {
     let mut info = DeadInfo::from_properties(properties);
     info.stage.get_or_insert_with(|| stage.as_str().to_string());
-    if info.error.is_none() {
-        let headers = headers_of(properties);
-        if let Some(reason) = headers.get_str("x-first-death-reason") {
-            let queue = headers.get_str("x-first-death-queue").unwrap_or_default();
-            info.reason.get_or_insert_with(|| {
-                format!("the broker dead-lettered it ({reason}) from {queue}")
-            });
-            info.attempts = info.attempts.or(headers.get_u64("x-delivery-count"));
-            info.error = Some(reason);
-        }
+    if info.error.is_none()
+        && let Some(death) = BrokerDeath::of(properties)
+    {
+        info.reason.get_or_insert(death.failure().reason);
+        info.attempts = info.attempts.or(death.deliveries);
+        info.error = Some(death.class().as_str().to_string());
     }
     info
 }
@@ -270,18 +266,20 @@ impl Sweep<'_> {
             .declare(&setup)
             .await?;
         let _ = setup.close(200, "topology declared".into()).await;
-        let replayer = match self.action {
-            Action::Replay => {
-                let store = match store {
+        let writer = match self.action {
+            Action::Print { .. } => None,
+            Action::Replay | Action::Purge => Some(Writer {
+                publisher: amqp::confirm_channel(conn).await?,
+                store: match store {
                     Some(store) => store.clone(),
                     None => Store::connect(connection).await?,
-                };
-                Some(Replayer {
-                    publisher: amqp::confirm_channel(conn).await?,
-                    store,
-                })
-            }
-            _ => None,
+                },
+            }),
+        };
+        let act = match (self.action, &writer) {
+            (Action::Replay, Some(writer)) => Act::Replay(writer),
+            (Action::Purge, Some(writer)) => Act::Purge(writer),
+            _ => Act::Print,
         };
         let stages = match self.filter.stage {
             Some(stage) => vec![stage],
@@ -289,7 +287,7 @@ impl Sweep<'_> {
         };
         for stage in stages {
             let mut pass = Pass::open(conn, &self.names, stage).await?;
-            let visited = self.visit(&mut pass, replayer.as_ref(), out).await;
+            let visited = self.visit(&mut pass, &act, out).await;
             let closed = pass.close().await;
             visited?;
             closed?;
@@ -304,7 +302,7 @@ impl Sweep<'_> {
     async fn visit(
         &mut self,
         pass: &mut Pass,
-        replayer: Option<&Replayer>,
+        act: &Act<'_>,
         out: &mut impl Write,
     ) -> anyhow::Result<()> {
         let mut seen = std::collections::HashSet::new();
@@ -328,13 +326,10 @@ impl Sweep<'_> {
                 }
                 continue;
             }
-            match (self.action, replayer) {
-                (Action::Print { .. }, _) => emit(out, &dead.info)?,
-                (Action::Replay, Some(replayer)) => {
-                    replayer.replay(&self.names, pass.stage, &dead).await?;
-                }
-                (Action::Replay, None) => unreachable!("a replay sweep has a replayer"),
-                (Action::Purge, _) => ack(&dead).await?,
+            match act {
+                Act::Print => emit(out, &dead.info)?,
+                Act::Replay(writer) => writer.replay(&self.names, pass.stage, &dead).await?,
+                Act::Purge(writer) => writer.purge(&dead).await?,
             }
             self.done += 1;
         }
@@ -352,13 +347,32 @@ async fn ack(dead: &Dead) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where replayed dead letters go.
-struct Replayer {
+/// What a sweep does with each matching dead letter, with what it needs to do it.
+enum Act<'a> {
+    Print,
+    Replay(&'a Writer),
+    Purge(&'a Writer),
+}
+
+/// Where replayed dead letters go, and the store that counts replayed and purged tasks.
+struct Writer {
     publisher: Channel,
     store: Store,
 }
 
-impl Replayer {
+impl Writer {
+    /// Deletes a dead letter, first marking its task dead in its job (idempotent: it
+    /// normally is already), so no purge leaves a task its job never counts.
+    async fn purge(&self, dead: &Dead) -> anyhow::Result<()> {
+        if let Some((job, id)) = dead.info.job_id.zip(dead.info.task_id) {
+            self.store
+                .mark(job, Mark::Dead, &[id])
+                .await
+                .with_context(|| format!("cannot mark task {id} dead in Redis"))?;
+        }
+        ack(dead).await
+    }
+
     /// Marks the task replayed, republishes the dead letter to `stage` (confirmed), then
     /// acks it; undoes the mark if the publish fails.
     async fn replay(&self, names: &Names, stage: Stage, dead: &Dead) -> anyhow::Result<()> {
@@ -407,6 +421,7 @@ impl Replayer {
 mod tests {
     use super::*;
     use lapin::types::{AMQPValue, FieldTable, LongString};
+    use tributary::broker::amqp::HeadersExt;
     use tributary::broker::deadletter::dead_properties;
     use tributary::policy::{ErrorClass, Failure};
     use uuid::Uuid;

@@ -69,6 +69,18 @@ impl Names {
         format!("{}.{}.dead", self.ns, stage.as_str())
     }
 
+    /// Where the broker dead-letters a stage queue's messages by itself (a quorum queue's
+    /// delivery limit, an expiry, a rejection): a queue that the stage's workers consume to
+    /// count each task dead in its job and move it to [`Names::dead_queue`].
+    pub fn dlx_queue(&self, stage: Stage) -> String {
+        format!("{}.{}.dlx", self.ns, stage.as_str())
+    }
+
+    /// Routing key of [`Names::dlx_queue`].
+    pub fn dlx_routing_key(stage: Stage) -> String {
+        format!("{}.dlx", stage.as_str())
+    }
+
     /// Routing key of a stage's dead-letter queue on the namespace exchange.
     pub fn dead_routing_key(stage: Stage) -> String {
         format!("{}.dead", stage.as_str())

@@ -315,20 +315,20 @@ impl Drop for App {
     }
 }
 
+/// Every delay step a test (or the default ladder) may declare a queue for.
+const RETRY_STEPS_IN_TESTS: &str = "50ms,100ms,200ms,300ms,500ms,1s,2s,3s,5s,30s,2m,10m";
+
 /// Deletes every queue and Redis key of a namespace.
 pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
     let args = ConnectionArgs::local(namespace);
     let names = Names::new(namespace);
     let conn = tributary::broker::amqp::connect_any(&args.amqp_url, "test-cleanup").await?;
-    let mut queues: Vec<String> = Stage::ALL
-        .into_iter()
-        .flat_map(|s| [names.queue(s), names.dead_queue(s)])
-        .collect();
-    for step in [
-        "50ms", "100ms", "200ms", "300ms", "500ms", "1s", "2s", "3s", "5s", "30s", "2m", "10m",
-    ] {
-        queues.push(format!("{namespace}.fetch.retry.{step}"));
-    }
+    // Every queue a binary may have declared: the fixed ones, and the delay queues of the
+    // retry ladders tests use (names built by `names.rs`, through the topology).
+    let steps = tributary::policy::parse_delays(RETRY_STEPS_IN_TESTS).expect("valid delays");
+    let queues = Topology::new(names.clone(), QueueType::Classic)
+        .with_retries(Stage::Fetch, &steps)
+        .queue_names();
     for queue in queues {
         let channel = conn.create_channel().await?;
         let _ = channel

@@ -20,7 +20,7 @@ use tributary::runtime::metrics::metrics;
 use tributary::store::StoreError;
 
 use super::limiter::{Admission, HostLimiter, Turn};
-use super::rates::{Rate, RateTable, host_of};
+use super::rates::{Rate, RateTable};
 
 /// What the fetcher does with a task before downloading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,19 +142,16 @@ pub struct HostLimits {
 impl HostLimits {
     /// Waits for a slot of the task's host if the wait is short; says how long otherwise,
     /// and the task's turn to carry. `turn` is the one it carries from an earlier deferral.
-    /// A URL without a host, or a host without a rate, is fetched at once.
-    pub async fn admit(&self, url: &str, mut turn: Option<Turn>) -> Result<Admit, StoreError> {
-        // The usual case, no rates and no pause: not even the URL needs parsing.
+    /// A host without a rate is fetched at once (unless it is paused).
+    pub async fn admit(&self, host: &str, mut turn: Option<Turn>) -> Result<Admit, StoreError> {
+        // The usual case, no rates and no pause.
         if self.table.is_empty() && (self.max_pause.is_none() || self.paused.is_empty()) {
             return Ok(Admit::Fetch);
         }
-        let Some(host) = host_of(url) else {
-            return Ok(Admit::Fetch);
-        };
-        let rate = self.table.rate_of(&host);
+        let rate = self.table.rate_of(host);
         // The script checks the pause of a host it is asked about; a host without a rate
         // is asked about only while it may be paused.
-        if rate.is_none() && (self.max_pause.is_none() || !self.paused.contains(&host)) {
+        if rate.is_none() && (self.max_pause.is_none() || !self.paused.contains(host)) {
             return Ok(Admit::Fetch);
         }
         let limit = rate.map(Rate::gcra);
@@ -168,10 +165,10 @@ impl HostLimits {
             // from the asking, less the network's share of the round trip, so a slow round
             // trip (a busy machine) counts as late too.
             let asked = Instant::now();
-            let answer = self.limiter.ask(&host, limit, self.max_wait, turn).await?;
+            let answer = self.limiter.ask(host, limit, self.max_wait, turn).await?;
             let network = self.rtt_floor.observe(asked.elapsed());
             if let Some(rate) = rate {
-                let bucket = self.table.bucket_of(&host);
+                let bucket = self.table.bucket_of(host);
                 metrics().set_host_rate(&bucket, rate.per_second() * answer.factor);
             }
             match answer.admission {
@@ -231,32 +228,28 @@ impl HostLimits {
         }
     }
 
-    /// With `--host-pause`, a 429 or 503 with a `Retry-After` pauses the URL's host for
-    /// every fetcher; with `--host-aimd`, a 429 lowers a limited host's rate.
-    pub async fn after_failure(&self, url: &str, failure: &Failure) -> Result<(), StoreError> {
+    /// With `--host-pause`, a 429 or 503 with a `Retry-After` pauses the host for every
+    /// fetcher; with `--host-aimd`, a 429 lowers a limited host's rate.
+    pub async fn after_failure(&self, host: &str, failure: &Failure) -> Result<(), StoreError> {
         if failure.http_status == Some(429)
-            && let Some(host) = host_of(url)
-            && let Some(rate) = self.table.rate_of(&host)
+            && let Some(rate) = self.table.rate_of(host)
         {
-            let factor = self.limiter.throttled(&host).await?;
+            let factor = self.limiter.throttled(host).await?;
             if factor < 1.0 {
                 tracing::info!(%host, rate = rate.per_second() * factor, "429: host rate lowered fleet-wide");
             }
-            metrics().set_host_rate(&self.table.bucket_of(&host), rate.per_second() * factor);
+            metrics().set_host_rate(&self.table.bucket_of(host), rate.per_second() * factor);
         }
         let (Some(cap), Some(after), Some(429 | 503)) =
             (self.max_pause, failure.retry_after, failure.http_status)
         else {
             return Ok(());
         };
-        match host_of(url) {
-            Some(host) if !after.is_zero() => {
-                tracing::info!(%host, ?after, "origin asked to wait: host paused fleet-wide");
-                self.limiter.pause(&host, after.min(cap)).await?;
-                self.paused.insert(&host, after.min(cap));
-                Ok(())
-            }
-            _ => Ok(()),
+        if !after.is_zero() {
+            tracing::info!(%host, ?after, "origin asked to wait: host paused fleet-wide");
+            self.limiter.pause(host, after.min(cap)).await?;
+            self.paused.insert(host, after.min(cap));
         }
+        Ok(())
     }
 }

@@ -23,6 +23,10 @@ pub enum AmqpError {
     Nacked(String),
     #[error("broker returned an unroutable publish to {0}")]
     Returned(String),
+    #[error(
+        "the broker's queues differ from this version's topology ({0}); a queue keeps the type and arguments it was first declared with: drain and delete the namespace's queues (or use another --namespace) to upgrade or to change --queue-type"
+    )]
+    Topology(String),
 }
 
 /// Opens a connection named `name` (visible in the management UI), within 10 s.
@@ -242,6 +246,9 @@ pub mod header {
     /// On a task put aside by its host's rate limit: its turn in the host's queue (Redis
     /// time, microseconds since the epoch; see `hostlimit::Turn`).
     pub const HOST_TURN: &str = "x-tributary-host-turn";
+    /// On a task put aside for its host (rate, pause, concurrency cap): how many times it
+    /// was put aside so far.
+    pub const DEFERRALS: &str = "x-tributary-deferrals";
 }
 
 #[cfg(test)]

@@ -2,25 +2,21 @@
 
 use std::time::Duration;
 
-use lapin::BasicProperties;
+use lapin::types::AMQPValue;
 use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::broker::amqp;
 use crate::broker::amqp::{HeadersExt, header, headers_of};
-use crate::names::Stage;
-use crate::policy::Failure;
+pub use crate::message::TaskRef;
+use crate::message::salvage::Entry;
+use crate::names::{Names, Stage};
+use crate::policy::{ErrorClass, Failure};
+use crate::runtime::metrics::metrics;
 use crate::runtime::redact::redact_url;
-
-/// Who a dead or retried message belongs to (for headers and `dlq list`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskRef {
-    pub job_id: Option<Uuid>,
-    pub task_id: Option<Uuid>,
-    pub url: Option<String>,
-    pub enqueued_ms: Option<u64>,
-    pub traceparent: Option<String>,
-}
+use crate::store::{Mark, Store};
 
 fn set_task_ref(headers: &mut FieldTable, task: &TaskRef) {
     if let Some(job) = task.job_id {
@@ -60,6 +56,67 @@ pub fn dead_properties(
     headers.set_str(header::FAILED_AT, &rfc3339_now());
     set_task_ref(&mut headers, task);
     crate::broker::amqp::persistent(content_type).with_headers(headers)
+}
+
+/// A task (or a message that names none) on its way to its stage's dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The task alone, in the stage's format (or the whole message that names none).
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub failure: Failure,
+    pub attempts: u32,
+    pub task: TaskRef,
+}
+
+impl DeadLetter {
+    /// A task split out of a message ([`crate::message::salvage::split`]).
+    pub fn of_entry(entry: Entry, failure: Failure, attempts: u32) -> Self {
+        Self {
+            body: entry.body,
+            content_type: entry.content_type,
+            failure,
+            attempts,
+            task: entry.task,
+        }
+    }
+}
+
+/// Publishes dead letters to `stage`'s dead-letter queue (every publish confirmed), then
+/// marks their tasks dead in their jobs (one script call per job) and counts them in the
+/// metrics: what every stage does with what will not pass. The messages they came from
+/// may be acked once this returns `Ok`.
+pub async fn bury(
+    channel: &Channel,
+    store: &Store,
+    stage: Stage,
+    letters: &[DeadLetter],
+) -> anyhow::Result<()> {
+    let exchange = store.names().exchange();
+    let routing_key = Names::dead_routing_key(stage);
+    let mut confirms = Vec::with_capacity(letters.len());
+    for letter in letters {
+        let properties = dead_properties(
+            &letter.content_type,
+            stage,
+            &letter.failure,
+            letter.attempts,
+            &letter.task,
+        );
+        confirms
+            .push(amqp::publish(channel, exchange, &routing_key, &letter.body, properties).await?);
+    }
+    for confirm in confirms {
+        amqp::confirmed(confirm, &routing_key).await?;
+    }
+    let tasks = letters
+        .iter()
+        .filter_map(|l| l.task.job_id.zip(l.task.task_id));
+    store.mark_many(Mark::Dead, tasks).await?;
+    for letter in letters {
+        metrics().dead(stage, letter.failure.class);
+    }
+    Ok(())
 }
 
 /// Properties of a message going (back) to a stage queue: the attempt number it will be
@@ -130,6 +187,68 @@ impl DeadInfo {
     }
 }
 
+/// Why the broker itself dead-lettered a message: the latest entry of its `x-death` header
+/// (most recent first; `x-first-death-*` names the first, which for a task that passed a
+/// delay queue is that queue's `expired`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDeath {
+    /// `delivery_limit`, `expired`, `rejected`, `maxlen`.
+    pub reason: String,
+    /// The queue it was dead-lettered from.
+    pub queue: String,
+    /// Deliveries before it (`x-delivery-count` of a quorum queue), if known.
+    pub deliveries: Option<u64>,
+}
+
+impl BrokerDeath {
+    /// `None` for a message the broker never dead-lettered.
+    pub fn of(properties: &BasicProperties) -> Option<Self> {
+        let headers = headers_of(properties);
+        let latest = match headers.inner().get("x-death") {
+            Some(AMQPValue::FieldArray(deaths)) => match deaths.as_slice().first() {
+                Some(AMQPValue::FieldTable(latest)) => Some(latest.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (reason, queue) = match &latest {
+            Some(table) => (
+                table.get_str("reason")?,
+                table.get_str("queue").unwrap_or_default(),
+            ),
+            None => (
+                headers.get_str("x-first-death-reason")?,
+                headers.get_str("x-first-death-queue").unwrap_or_default(),
+            ),
+        };
+        Some(Self {
+            reason,
+            queue,
+            deliveries: headers.get_u64("x-delivery-count"),
+        })
+    }
+
+    /// The error class a dead letter of this reason is counted as.
+    pub fn class(&self) -> ErrorClass {
+        match self.reason.as_str() {
+            "delivery_limit" => ErrorClass::DeliveryLimit,
+            "expired" => ErrorClass::Expired,
+            _ => ErrorClass::Rejected,
+        }
+    }
+
+    /// The failure of a dead letter of this reason.
+    pub fn failure(&self) -> Failure {
+        Failure::new(
+            self.class(),
+            format!(
+                "the broker dead-lettered it from {} ({})",
+                self.queue, self.reason
+            ),
+        )
+    }
+}
+
 /// Now as RFC 3339 (UTC).
 pub fn rfc3339_now() -> String {
     time::OffsetDateTime::now_utc()
@@ -140,7 +259,7 @@ pub fn rfc3339_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ErrorClass;
+    use lapin::types::{FieldArray, LongString};
 
     #[test]
     fn dead_headers_round_trip() {
@@ -181,5 +300,45 @@ mod tests {
         assert_eq!(attempt_of(&p), 2);
         assert_eq!(p.expiration().as_ref().map(|s| s.as_str()), Some("250"));
         assert_eq!(attempt_of(&BasicProperties::default()), 1);
+    }
+
+    fn death(reason: &str, queue: &str) -> AMQPValue {
+        let mut table = FieldTable::default();
+        table.set_str("reason", reason);
+        table.set_str("queue", queue);
+        AMQPValue::FieldTable(table)
+    }
+
+    #[test]
+    fn the_latest_broker_death_counts() {
+        // Passed a delay queue (expired), then hit the delivery limit of ns.fetch.
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                death("delivery_limit", "ns.fetch"),
+                death("expired", "ns.fetch.retry.1s"),
+            ])),
+        );
+        headers.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString(LongString::from("expired")),
+        );
+        headers.insert("x-delivery-count".into(), AMQPValue::LongInt(10));
+        let props = BasicProperties::default().with_headers(headers);
+        let death = BrokerDeath::of(&props).unwrap();
+        assert_eq!(death.class(), ErrorClass::DeliveryLimit);
+        assert_eq!(death.queue, "ns.fetch");
+        assert_eq!(death.deliveries, Some(10));
+        assert!(death.failure().reason.contains("ns.fetch (delivery_limit)"));
+        assert_eq!(BrokerDeath::of(&BasicProperties::default()), None);
+        // Only the first-death headers (older brokers): used as they are.
+        let mut first = FieldTable::default();
+        first.set_str("x-first-death-reason", "rejected");
+        let props = BasicProperties::default().with_headers(first);
+        assert_eq!(
+            BrokerDeath::of(&props).unwrap().class(),
+            ErrorClass::Rejected
+        );
     }
 }

@@ -46,6 +46,15 @@ impl Topology {
 
     /// Declares everything; safe to call any number of times.
     pub async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
+        self.declare_all(channel).await.map_err(|e| match e {
+            AmqpError::Protocol(source) if is_precondition_failed(&source) => {
+                AmqpError::Topology(crate::runtime::cli::chain(&source))
+            }
+            other => other,
+        })
+    }
+
+    async fn declare_all(&self, channel: &Channel) -> Result<(), AmqpError> {
         let exchange = self.names.exchange();
         channel
             .exchange_declare(
@@ -99,57 +108,89 @@ impl Topology {
         Ok(())
     }
 
-    /// Every queue this topology declares, in declaration order: fixed stage and dead-letter
-    /// queues, then the delay queues. A pure description of what [`Topology::declare`] does
-    /// (it declares exactly these), so deploy files such as RabbitMQ definitions can be
-    /// checked against it.
+    /// Every queue this topology declares, in declaration order: per stage its queue,
+    /// the queue the broker dead-letters it to (`.dlx`, consumed by the stage's workers to
+    /// count those tasks dead) and its dead-letter queue; then the delay queues. A pure
+    /// description of what [`Topology::declare`] does (it declares exactly these), so
+    /// deploy files such as RabbitMQ definitions can be checked against it.
+    ///
+    /// With quorum queues the stage and delay queues dead-letter at least once (RabbitMQ
+    /// 3.10+: `x-dead-letter-strategy` needs `x-overflow: reject-publish`), so a message
+    /// the broker dead-letters while the target lacks a majority is kept until it can be
+    /// moved, not dropped.
     pub fn queues(&self) -> Vec<QueueSpec> {
-        let exchange = self.names.exchange();
-        let quorum = self.queue_type == QueueType::Quorum;
         let mut queues = Vec::new();
         for stage in Stage::ALL {
-            let mut args = Map::new();
-            args.insert("x-dead-letter-exchange".into(), exchange.into());
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                Names::dead_routing_key(stage).into(),
-            );
-            if quorum {
-                args.insert("x-queue-type".into(), "quorum".into());
+            let mut args = self.dead_lettering_to(&Names::dlx_routing_key(stage));
+            if self.queue_type == QueueType::Quorum {
                 args.insert("x-delivery-limit".into(), QUORUM_DELIVERY_LIMIT.into());
             }
-            queues.push(QueueSpec {
-                name: self.names.queue(stage),
-                routing_key: stage.as_str().to_string(),
-                arguments: args,
-            });
-            let mut dead_args = Map::new();
-            if quorum {
-                dead_args.insert("x-queue-type".into(), "quorum".into());
-            }
-            queues.push(QueueSpec {
-                name: self.names.dead_queue(stage),
-                routing_key: Names::dead_routing_key(stage),
-                arguments: dead_args,
-            });
+            queues.push(self.spec(self.names.queue(stage), stage.as_str().into(), args));
+            let (dlx, dead) = (self.typed(Map::new()), self.typed(Map::new()));
+            queues.push(self.spec(
+                self.names.dlx_queue(stage),
+                Names::dlx_routing_key(stage),
+                dlx,
+            ));
+            queues.push(self.spec(
+                self.names.dead_queue(stage),
+                Names::dead_routing_key(stage),
+                dead,
+            ));
         }
         for (stage, step) in &self.retry_steps {
-            let mut args = Map::new();
-            args.insert("x-dead-letter-exchange".into(), exchange.into());
-            args.insert("x-dead-letter-routing-key".into(), stage.as_str().into());
-            queues.push(QueueSpec {
-                name: self.names.retry_queue(*stage, *step),
-                routing_key: Names::retry_routing_key(*stage, *step),
-                arguments: args,
-            });
+            let args = self.dead_lettering_to(stage.as_str());
+            queues.push(self.spec(
+                self.names.retry_queue(*stage, *step),
+                Names::retry_routing_key(*stage, *step),
+                args,
+            ));
         }
         queues
+    }
+
+    fn spec(&self, name: String, routing_key: String, arguments: Map<String, Value>) -> QueueSpec {
+        QueueSpec {
+            name,
+            routing_key,
+            arguments,
+        }
+    }
+
+    /// `args` with the queue type (for quorum queues).
+    fn typed(&self, mut args: Map<String, Value>) -> Map<String, Value> {
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), "quorum".into());
+        }
+        args
+    }
+
+    /// The arguments of a queue that the broker dead-letters to `routing_key` on the
+    /// namespace exchange (at least once, for quorum queues).
+    fn dead_lettering_to(&self, routing_key: &str) -> Map<String, Value> {
+        let mut args = Map::new();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            self.names.exchange().into(),
+        );
+        args.insert("x-dead-letter-routing-key".into(), routing_key.into());
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-dead-letter-strategy".into(), "at-least-once".into());
+            args.insert("x-overflow".into(), "reject-publish".into());
+        }
+        self.typed(args)
     }
 
     /// Every queue name this topology declares (for clean-up in tests and tools).
     pub fn queue_names(&self) -> Vec<String> {
         self.queues().into_iter().map(|q| q.name).collect()
     }
+}
+
+/// RabbitMQ's answer to a declaration that differs from the existing queue's.
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 /// One queue as [`Topology::declare`] declares it: durable, not auto-delete, bound to the
@@ -193,12 +234,17 @@ mod tests {
         );
         let table = field_table(&fetch.arguments);
         let inner = table.inner();
-        assert_eq!(inner.len(), 4);
+        assert_eq!(inner.len(), 6);
         assert_eq!(inner.get("x-dead-letter-exchange"), Some(&long("ns")));
         assert_eq!(
             inner.get("x-dead-letter-routing-key"),
-            Some(&long("fetch.dead"))
+            Some(&long("fetch.dlx"))
         );
+        assert_eq!(
+            inner.get("x-dead-letter-strategy"),
+            Some(&long("at-least-once"))
+        );
+        assert_eq!(inner.get("x-overflow"), Some(&long("reject-publish")));
         assert_eq!(inner.get("x-queue-type"), Some(&long("quorum")));
         assert_eq!(
             inner.get("x-delivery-limit"),

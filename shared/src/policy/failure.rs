@@ -33,10 +33,15 @@ pub enum ErrorClass {
     NoValues,
     /// The message failed to process more times than the queue's delivery limit.
     DeliveryLimit,
+    /// The broker dead-lettered the message because it expired in a stage queue.
+    Expired,
+    /// The broker dead-lettered the message for another reason (a rejection, a length
+    /// limit).
+    Rejected,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 11] = [
+    pub const ALL: [ErrorClass; 13] = [
         ErrorClass::HttpStatus,
         ErrorClass::Timeout,
         ErrorClass::Connect,
@@ -48,6 +53,8 @@ impl ErrorClass {
         ErrorClass::InvalidPayload,
         ErrorClass::NoValues,
         ErrorClass::DeliveryLimit,
+        ErrorClass::Expired,
+        ErrorClass::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +70,8 @@ impl ErrorClass {
             ErrorClass::InvalidPayload => "invalid_payload",
             ErrorClass::NoValues => "no_values",
             ErrorClass::DeliveryLimit => "delivery_limit",
+            ErrorClass::Expired => "expired",
+            ErrorClass::Rejected => "rejected",
         }
     }
 
@@ -124,7 +133,9 @@ impl Failure {
             | ErrorClass::InvalidTask
             | ErrorClass::InvalidPayload
             | ErrorClass::NoValues
-            | ErrorClass::DeliveryLimit => false,
+            | ErrorClass::DeliveryLimit
+            | ErrorClass::Expired
+            | ErrorClass::Rejected => false,
         }
     }
 }

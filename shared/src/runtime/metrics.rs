@@ -82,6 +82,8 @@ pub struct Metrics {
     host_deferred: Family<HostLabel, Counter>,
     host_rate: Family<HostLabel, Gauge<f64, AtomicU64>>,
     broker_blocked: Gauge,
+    sessions: Counter,
+    delivery_held: Histogram,
 }
 
 impl Metrics {
@@ -103,6 +105,8 @@ impl Metrics {
             host_deferred: Family::default(),
             host_rate: Family::default(),
             broker_blocked: Gauge::default(),
+            sessions: Counter::default(),
+            delivery_held: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         };
         macro_rules! register {
             ($($name:literal, $help:literal => $metric:expr;)*) => {
@@ -124,6 +128,8 @@ impl Metrics {
             "host_deferred", "Tasks put aside in a delay queue by a host bucket's rate limit or pause (not attempts)" => m.host_deferred;
             "host_rate", "Configured requests per second of a host bucket" => m.host_rate;
             "broker_blocked", "Broker connections of this process the broker has blocked (memory or disk alarm)" => m.broker_blocked;
+            "sessions", "Worker sessions started (after connecting to the broker, or after Redis answered again)" => m.sessions;
+            "delivery_held_seconds", "Time a fetcher holds a task message, from its delivery to its ack" => m.delivery_held;
         }
         Self { registry, ..m }
     }
@@ -218,6 +224,16 @@ impl Metrics {
         } else {
             self.broker_blocked.dec();
         }
+    }
+
+    /// A worker session started.
+    pub fn session_started(&self) {
+        self.sessions.inc();
+    }
+
+    /// A delivery was acked `held` after it arrived.
+    pub fn delivery_held(&self, held: Duration) {
+        self.delivery_held.observe(held.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

@@ -1,8 +1,10 @@
 //! What every binary runs on: settings ([`config`]), logging ([`telemetry`]), signals
 //! ([`shutdown`]), the exit convention ([`cli`]), the supervised worker sessions
-//! ([`supervise`], [`session`]), metrics and health endpoints ([`metrics`]), trace context ([`trace`]) and
+//! ([`supervise`], [`session`]) and the accounting of what the broker dead-letters by itself
+//! ([`accounting`]), metrics and health endpoints ([`metrics`]), trace context ([`trace`]) and
 //! credential redaction for log lines ([`redact`]).
 
+pub mod accounting;
 pub mod cli;
 pub mod config;
 pub mod metrics;

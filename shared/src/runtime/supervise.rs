@@ -190,6 +190,7 @@ impl Supervisor<'_> {
             let started = Instant::now();
             let end = {
                 let _ready = Readiness::Consuming.report();
+                metrics().session_started();
                 tracing::info!(%node, "{}: consuming", self.name);
                 tokio::select! {
                     result = session(current.handle()) => classify(result),

@@ -49,12 +49,28 @@ pub enum StoreError {
     ClusterDown,
 }
 
+impl StoreError {
+    /// Redis refused a script call with an error raised while the script ran (a key of
+    /// the wrong type, a value it cannot parse): the same call fails again, unlike a lost
+    /// connection, a failover or a full memory.
+    pub fn is_script_error(&self) -> bool {
+        let StoreError::Redis(e) = self else {
+            return false;
+        };
+        matches!(e.code(), Some("ERR" | "WRONGTYPE"))
+            && e.detail().is_some_and(|d| d.contains("script"))
+    }
+}
+
 /// A state change of tasks, applied idempotently (see `lua/state.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mark {
     Fetched,
     Processed,
+    /// Failed; waits in a delay queue for another attempt.
     Retrying,
+    /// Put aside by its host's rate limit, pause or concurrency cap (not a failure).
+    Deferred,
     Dead,
     /// A dead task was sent back to its stage by `dlq replay`.
     Replayed,
@@ -66,6 +82,7 @@ impl Mark {
             Mark::Fetched => "f",
             Mark::Processed => "p",
             Mark::Retrying => "r",
+            Mark::Deferred => "w",
             Mark::Dead => "d",
             Mark::Replayed => "q",
         }
@@ -80,7 +97,10 @@ pub struct JobStatus {
     pub fetched: u64,
     pub processed: u64,
     pub aggregated: u64,
+    /// Tasks that failed and wait in a delay queue for another attempt.
     pub retrying: u64,
+    /// Tasks put aside by their host's rate limit, pause or concurrency cap.
+    pub deferred: u64,
     pub dead: u64,
     pub done: bool,
 }
@@ -254,6 +274,7 @@ impl Store {
             processed: get("processed"),
             aggregated,
             retrying: get("retrying"),
+            deferred: get("deferred"),
             dead,
             done: total > 0 && aggregated + dead >= total,
         }))

@@ -55,6 +55,54 @@ fn topology(queue_type: QueueType) -> Topology {
         .with_retries(Stage::Fetch, &default_retry_ladder())
 }
 
+/// The definitions file the binaries' topology calls for.
+fn expected_definitions(queue_type: QueueType) -> Value {
+    let names = Names::new(NAMESPACE);
+    let topology = topology(queue_type);
+    let queues: Vec<Value> = topology
+        .queues()
+        .into_iter()
+        .map(|spec| {
+            json!({"name": spec.name, "vhost": "/", "durable": true, "auto_delete": false,
+                   "arguments": spec.arguments})
+        })
+        .collect();
+    let bindings: Vec<Value> = topology
+        .queues()
+        .into_iter()
+        .map(|spec| {
+            json!({"source": names.exchange(), "vhost": "/", "destination": spec.name,
+                   "destination_type": "queue", "routing_key": spec.routing_key,
+                   "arguments": {}})
+        })
+        .collect();
+    json!({
+        "vhosts": [{"name": "/"}],
+        "exchanges": [{"name": names.exchange(), "vhost": "/", "type": "direct",
+                       "durable": true, "auto_delete": false, "internal": false,
+                       "arguments": {}}],
+        "queues": queues,
+        "bindings": bindings,
+    })
+}
+
+/// `TRIBUTARY_WRITE_DEFINITIONS=1 cargo test -p tributary-tests --test e2e deploy::` writes
+/// the definitions files from the topology (after a topology change); the other tests then
+/// check them.
+#[test]
+fn write_definitions_when_asked() {
+    if std::env::var("TRIBUTARY_WRITE_DEFINITIONS").as_deref() != Ok("1") {
+        return;
+    }
+    for (file, queue_type) in FILES {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/rabbitmq")
+            .join(file);
+        let text = serde_json::to_string_pretty(&expected_definitions(queue_type)).unwrap();
+        std::fs::write(&path, text + "\n").unwrap();
+    }
+}
+
 fn array<'a>(defs: &'a Value, file: &str, key: &str) -> &'a Vec<Value> {
     defs[key]
         .as_array()

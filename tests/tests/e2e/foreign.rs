@@ -101,6 +101,7 @@ async fn a_python_pika_publisher_feeds_the_pipeline() {
         processed: 200,
         aggregated: 200,
         retrying: 0,
+        deferred: 0,
         dead: 0,
         done: true,
     };

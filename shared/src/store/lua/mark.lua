@@ -1,4 +1,5 @@
--- ARGV[1] = operation (f fetched, p processed, a aggregated, r retrying, d dead,
+-- KEYS[1] = the job's status hash, KEYS[2] = the job's task-state hash.
+-- ARGV[1] = operation (f fetched, p processed, r retrying, w deferred, d dead,
 -- q replayed), ARGV[2] = TTL in seconds, ARGV[3..] = task ids. Returns how many changed.
 local op = ARGV[1]
 local changed = 0
@@ -7,8 +8,8 @@ for i = 3, #ARGV do
   local did
   if op == 'f' then did = advance(task, 1)
   elseif op == 'p' then did = advance(task, 2)
-  elseif op == 'a' then did = advance(task, 3)
-  elseif op == 'r' then did = mark_retrying(task)
+  elseif op == 'r' then did = mark_waiting(task, RETRYING)
+  elseif op == 'w' then did = mark_waiting(task, DEFERRED)
   elseif op == 'd' then did = mark_dead(task)
   elseif op == 'q' then did = mark_replayed(task)
   else return redis.error_reply('unknown mark operation ' .. tostring(op)) end

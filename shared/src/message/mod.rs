@@ -17,6 +17,10 @@ use uuid::Uuid;
 
 use crate::policy::{ErrorClass, Failure};
 
+pub mod salvage;
+
+pub use salvage::TaskRef;
+
 pub const VERSION: u8 = 1;
 pub const CONTENT_TYPE_TASK: &str = "application/json";
 pub const CONTENT_TYPE_TASKS: &str = "application/x-ndjson";
@@ -59,26 +63,33 @@ impl Task {
     /// Parses and validates one task object; a missing task id is derived from `salt`
     /// (the AMQP message id and line number), the job id and the URL.
     pub fn from_json(bytes: &[u8], salt: &str) -> Result<Task, Failure> {
+        Self::from_json_parsed(bytes, salt).map(|(task, _)| task)
+    }
+
+    /// [`Task::from_json`], with the task's URL as parsed while validating (so a fetcher
+    /// never parses it again).
+    pub fn from_json_parsed(bytes: &[u8], salt: &str) -> Result<(Task, url::Url), Failure> {
         let mut task: Task = serde_json::from_slice(bytes)
             .map_err(|e| Failure::new(ErrorClass::InvalidTask, format!("not a task: {e}")))?;
-        task.validate()?;
+        let url = task.validate()?;
         if task.task_id.is_nil() {
             task.task_id = derive_task_id(task.job_id, &task.url, salt);
         }
-        Ok(task)
+        Ok((task, url))
     }
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a task always serializes")
     }
 
-    /// The checks every task passes before a fetcher touches the network.
-    pub fn validate(&self) -> Result<(), Failure> {
+    /// The checks every task passes before a fetcher touches the network; returns the
+    /// parsed URL.
+    pub fn validate(&self) -> Result<url::Url, Failure> {
         let invalid = |reason: String| Failure::new(ErrorClass::InvalidTask, reason);
         if self.v != VERSION {
             return Err(invalid(format!("unsupported task version {}", self.v)));
         }
-        check_url(&self.url)?;
+        let url = check_url(&self.url)?;
         if let Some(headers) = &self.headers {
             if headers.len() > MAX_TASK_HEADERS {
                 return Err(invalid(format!(
@@ -90,7 +101,7 @@ impl Task {
                 check_header(name, value).map_err(invalid)?;
             }
         }
-        Ok(())
+        Ok(url)
     }
 }
 
@@ -164,11 +175,17 @@ pub fn check_url(raw: &str) -> Result<url::Url, Failure> {
     Ok(url)
 }
 
-/// One entry of a `fetch` message: a valid task, or the raw bytes that failed to be one.
+/// One entry of a `fetch` message: a valid task (and its parsed URL), or the raw bytes
+/// that failed to be one (with what they say about their job and task, so the job can
+/// count it dead).
 #[derive(Debug)]
 pub enum TaskEntry {
-    Task(Task),
-    Invalid { raw: Vec<u8>, failure: Failure },
+    Task(Task, url::Url),
+    Invalid {
+        raw: Vec<u8>,
+        failure: Failure,
+        task: TaskRef,
+    },
 }
 
 /// Splits a `fetch` message into its tasks. NDJSON carries one task per non-blank line;
@@ -180,14 +197,17 @@ pub fn decode_tasks(
     message_id: Option<&str>,
 ) -> Vec<TaskEntry> {
     let message_id = message_id.unwrap_or("");
-    let entry =
-        |(line, raw): (usize, &[u8])| match Task::from_json(raw, &format!("{message_id}#{line}")) {
-            Ok(task) => TaskEntry::Task(task),
+    let entry = |(line, raw): (usize, &[u8])| {
+        let salt = format!("{message_id}#{line}");
+        match Task::from_json_parsed(raw, &salt) {
+            Ok((task, url)) => TaskEntry::Task(task, url),
             Err(failure) => TaskEntry::Invalid {
                 raw: raw.to_vec(),
                 failure,
+                task: salvage::task_ref_of_json(raw, &salt),
             },
-        };
+        }
+    };
     if content_type == Some(CONTENT_TYPE_TASKS) {
         body.split(|b| *b == b'\n')
             .enumerate()
@@ -238,7 +258,7 @@ pub struct Payload {
     pub body: bytes::Bytes,
 }
 
-const PAYLOAD_MAGIC: &[u8; 4] = b"TRBP";
+pub(crate) const PAYLOAD_MAGIC: &[u8; 4] = b"TRBP";
 
 /// Frames payloads into one `process` message: `TRBP`, version byte, then per payload a
 /// big-endian u32 header length, the header JSON, a u32 body length and the body.
@@ -254,7 +274,7 @@ pub fn encode_payloads<'a>(payloads: impl IntoIterator<Item = &'a Payload>) -> V
     out
 }
 
-fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).expect("frames are capped far below 4 GiB");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
@@ -287,7 +307,7 @@ pub fn decode_payloads(buf: &[u8]) -> Result<Vec<Payload>, Failure> {
     Ok(out)
 }
 
-fn take_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn take_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let len_bytes: [u8; 4] = buf.get(..4)?.try_into().ok()?;
     let len = u32::from_be_bytes(len_bytes) as usize;
     let frame = buf.get(4..4 + len)?;
@@ -417,9 +437,9 @@ mod tests {
         body.extend_from_slice(&encode_tasks([&good]));
         let entries = decode_tasks(&body, Some(CONTENT_TYPE_TASKS), None);
         assert_eq!(entries.len(), 3);
-        assert!(matches!(&entries[0], TaskEntry::Task(t) if *t == good));
+        assert!(matches!(&entries[0], TaskEntry::Task(t, _) if *t == good));
         match &entries[1] {
-            TaskEntry::Invalid { raw, failure } => {
+            TaskEntry::Invalid { raw, failure, .. } => {
                 assert_eq!(raw, b"{garbage");
                 assert_eq!(failure.class, ErrorClass::InvalidTask);
             }
