@@ -222,6 +222,30 @@ mod tests {
         assert_eq!(n.cond_key("a"), "ns:cond:{af63dc4c8601ec8c}");
     }
 
+    /// Every Lua script touches the keys of one job or of one host (passed in KEYS): in a
+    /// Redis Cluster they must share a hash slot, which the hash tags guarantee.
+    #[test]
+    fn the_keys_of_one_job_or_one_host_share_a_slot() {
+        use redis::cluster_routing::Slot;
+        let n = Names::new("tributary.prod-1");
+        for _ in 0..50 {
+            let job = Uuid::new_v4();
+            let slots: Vec<Slot> = n.job_keys(job).iter().map(Slot::for_key).collect();
+            assert!(slots.windows(2).all(|w| w[0] == w[1]), "job {job}: {slots:?}");
+        }
+        for host in ["example.com", "127.0.0.1", "[::1]", "a.b.c.example.org", "xn--bcher-kva.de"] {
+            let keys = [
+                n.host_tat_key(host),
+                n.host_pause_key(host),
+                n.host_rate_key(host),
+                n.host_queue_key(host),
+                n.host_leases_key(host),
+            ];
+            let slots: Vec<Slot> = keys.iter().map(Slot::for_key).collect();
+            assert!(slots.windows(2).all(|w| w[0] == w[1]), "{host}: {slots:?}");
+        }
+    }
+
     #[test]
     fn delay_labels() {
         assert_eq!(delay_label(Duration::from_millis(200)), "200ms");
