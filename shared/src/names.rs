@@ -231,9 +231,18 @@ mod tests {
         for _ in 0..50 {
             let job = Uuid::new_v4();
             let slots: Vec<Slot> = n.job_keys(job).iter().map(Slot::for_key).collect();
-            assert!(slots.windows(2).all(|w| w[0] == w[1]), "job {job}: {slots:?}");
+            assert!(
+                slots.windows(2).all(|w| w[0] == w[1]),
+                "job {job}: {slots:?}"
+            );
         }
-        for host in ["example.com", "127.0.0.1", "[::1]", "a.b.c.example.org", "xn--bcher-kva.de"] {
+        for host in [
+            "example.com",
+            "127.0.0.1",
+            "[::1]",
+            "a.b.c.example.org",
+            "xn--bcher-kva.de",
+        ] {
             let keys = [
                 n.host_tat_key(host),
                 n.host_pause_key(host),

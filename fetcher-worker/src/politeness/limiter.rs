@@ -20,13 +20,12 @@
 //! requests in flight across the fleet: a counting semaphore whose permits are leases with
 //! an end on Redis time ([`Names::host_leases_key`]), so a dead holder's permit comes back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tributary::store::RedisConn;
-use uuid::Uuid;
-
 use tributary::names::Names;
-use tributary::store::{Store, StoreError};
+use tributary::store::{Lua, RedisConn, ScriptCall, Store, StoreError};
+use uuid::Uuid;
 
 const HOSTLIMIT_LUA: &str = include_str!("lua/hostlimit.lua");
 const PAUSED_LUA: &str = include_str!("lua/paused.lua");
@@ -91,9 +90,9 @@ pub struct Turn(pub u64);
 pub struct HostLimiter {
     conn: RedisConn,
     names: Names,
-    script: redis::Script,
-    paused: redis::Script,
-    leases: redis::Script,
+    script: Arc<Lua>,
+    paused: Arc<Lua>,
+    leases: Arc<Lua>,
     aimd: Option<Aimd>,
 }
 
@@ -111,9 +110,9 @@ impl HostLimiter {
         Self {
             conn: store.connection(),
             names: store.names().clone(),
-            script: redis::Script::new(HOSTLIMIT_LUA),
-            paused: redis::Script::new(PAUSED_LUA),
-            leases: redis::Script::new(LEASES_LUA),
+            script: Arc::new(Lua::new(HOSTLIMIT_LUA)),
+            paused: Arc::new(Lua::new(PAUSED_LUA)),
+            leases: Arc::new(Lua::new(LEASES_LUA)),
             aimd: None,
         }
     }
@@ -155,8 +154,7 @@ impl HostLimiter {
             .arg(micros(max_wait))
             .arg(self.aimd.map_or(0.0, |a| a.recovery_per_sec))
             .arg(turn.map_or(0, |t| t.0));
-        let mut conn = self.conn.clone();
-        let answer: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        let answer: Vec<i64> = self.conn.clone().eval(&invocation).await?;
         let (granted, wait_ms) = (answer.first() == Some(&1), answer.get(1).copied());
         let wait = Duration::from_millis(wait_ms.unwrap_or(0).max(0) as u64);
         let factor = answer.get(2).map_or(1.0, |ppm| *ppm as f64 / 1e6);
@@ -184,8 +182,7 @@ impl HostLimiter {
             .arg(aimd.floor)
             .arg(aimd.recovery_per_sec)
             .arg(micros(aimd.spacing));
-        let mut conn = self.conn.clone();
-        let (_, ppm): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        let (_, ppm): (i64, i64) = self.conn.clone().eval(&invocation).await?;
         Ok(ppm as f64 / 1e6)
     }
 
@@ -194,8 +191,8 @@ impl HostLimiter {
     pub async fn pause(&self, host: &str, pause: Duration) -> Result<(), StoreError> {
         let mut invocation = self.invocation(host, "pause");
         invocation.arg(micros(pause));
+        let (_, until): (i64, i64) = self.conn.clone().eval(&invocation).await?;
         let mut conn = self.conn.clone();
-        let (_, until): (i64, i64) = invocation.invoke_async(&mut conn).await?;
         // A second call, not a key of the script: the set is not in the host's hash slot.
         // GT: a pause recorded by another fetcher that ends later stays.
         let _: () = redis::cmd("ZADD")
@@ -210,10 +207,9 @@ impl HostLimiter {
 
     /// The hosts paused now, by any fetcher of the namespace (ended pauses are forgotten).
     pub async fn paused_hosts(&self) -> Result<Vec<String>, StoreError> {
-        let mut invocation = self.paused.prepare_invoke();
+        let mut invocation = ScriptCall::new(&self.paused);
         invocation.key(self.names.paused_hosts_key());
-        let mut conn = self.conn.clone();
-        Ok(invocation.invoke_async(&mut conn).await?)
+        self.conn.clone().eval(&invocation).await
     }
 
     /// Takes a concurrency lease `id` of `host` (`lua/leases.lua`) for `lease` if fewer
@@ -231,8 +227,7 @@ impl HostLimiter {
             .arg(cap)
             .arg(micros(lease))
             .arg(id.simple().to_string());
-        let mut conn = self.conn.clone();
-        let taken: i64 = invocation.invoke_async(&mut conn).await?;
+        let taken: i64 = self.conn.clone().eval(&invocation).await?;
         Ok(taken == 1)
     }
 
@@ -240,19 +235,18 @@ impl HostLimiter {
     pub async fn give_lease(&self, host: &str, id: Uuid) -> Result<(), StoreError> {
         let mut invocation = self.lease_invocation(host, "give");
         invocation.arg(id.simple().to_string());
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        let _: i64 = self.conn.clone().eval(&invocation).await?;
         Ok(())
     }
 
-    fn lease_invocation(&self, host: &str, op: &str) -> redis::ScriptInvocation<'_> {
-        let mut invocation = self.leases.prepare_invoke();
+    fn lease_invocation(&self, host: &str, op: &str) -> ScriptCall<'_> {
+        let mut invocation = ScriptCall::new(&self.leases);
         invocation.key(self.names.host_leases_key(host)).arg(op);
         invocation
     }
 
-    fn invocation(&self, host: &str, op: &str) -> redis::ScriptInvocation<'_> {
-        let mut invocation = self.script.prepare_invoke();
+    fn invocation(&self, host: &str, op: &str) -> ScriptCall<'_> {
+        let mut invocation = ScriptCall::new(&self.script);
         invocation
             .key(self.names.host_tat_key(host))
             .key(self.names.host_pause_key(host))

@@ -69,16 +69,34 @@ impl std::fmt::Debug for RedisConn {
     }
 }
 
+/// A Lua script: its code and its SHA1 (for `EVALSHA`).
+#[derive(Debug, Clone)]
+pub struct Lua {
+    code: String,
+    hash: String,
+}
+
+impl Lua {
+    pub fn new(code: &str) -> Self {
+        Self {
+            code: code.to_string(),
+            hash: Script::new(code).get_hash().to_string(),
+        }
+    }
+}
+
 /// One call of a Lua script: its keys (every key it touches, all in one hash slot) and
-/// arguments, sent as `EVALSHA`.
+/// arguments, sent as `EVALSHA` (and as `EVAL` to a node that does not know the script:
+/// `EVAL` goes to the node of the keys, where `SCRIPT LOAD` would go to every node of a
+/// cluster and fail while one of them is down).
 pub struct ScriptCall<'a> {
-    script: &'a Script,
+    script: &'a Lua,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
 }
 
 impl<'a> ScriptCall<'a> {
-    pub fn new(script: &'a Script) -> Self {
+    pub fn new(script: &'a Lua) -> Self {
         Self {
             script,
             keys: Vec::new(),
@@ -96,12 +114,17 @@ impl<'a> ScriptCall<'a> {
         self
     }
 
-    fn cmd(&self) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
+    /// `EVALSHA` (`by_hash`) or `EVAL` of the call.
+    fn cmd(&self, by_hash: bool) -> Cmd {
+        let mut cmd = match by_hash {
+            true => redis::cmd("EVALSHA"),
+            false => redis::cmd("EVAL"),
+        };
+        match by_hash {
+            true => cmd.arg(&self.script.hash),
+            false => cmd.arg(&self.script.code),
+        };
+        cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
         cmd
     }
 }
@@ -112,17 +135,13 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 
 impl RedisConn {
     /// Runs a script call; a Redis that does not know the script (restarted, or a node
-    /// new to the cluster) is given it, and the call is sent again.
+    /// new to the cluster) gets it with an `EVAL`, which also caches it there.
     pub async fn eval<T: FromRedisValue>(
         &mut self,
         call: &ScriptCall<'_>,
     ) -> Result<T, StoreError> {
-        let cmd = call.cmd();
-        match cmd.query_async(self).await {
-            Err(e) if is_noscript(&e) => {
-                call.script.load_async(self).await?;
-                Ok(cmd.query_async(self).await?)
-            }
+        match call.cmd(true).query_async(self).await {
+            Err(e) if is_noscript(&e) => Ok(call.cmd(false).query_async(self).await?),
             other => Ok(other?),
         }
     }
@@ -139,16 +158,16 @@ impl RedisConn {
         if replicas == 0 {
             return self.eval(call).await;
         }
-        let mut pipe = redis::pipe();
-        pipe.add_command(call.cmd())
-            .cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout.as_millis() as u64);
-        let (value, acked): (T, u32) = match pipe.query_async(self).await {
-            Err(e) if is_noscript(&e) => {
-                call.script.load_async(self).await?;
-                pipe.query_async(self).await?
-            }
+        let durable = |script| {
+            let mut pipe = redis::pipe();
+            pipe.add_command(script)
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout.as_millis() as u64);
+            pipe
+        };
+        let (value, acked): (T, u32) = match durable(call.cmd(true)).query_async(self).await {
+            Err(e) if is_noscript(&e) => durable(call.cmd(false)).query_async(self).await?,
             other => other?,
         };
         if acked < replicas {

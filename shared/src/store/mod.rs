@@ -19,7 +19,7 @@ use crate::message::TaskResult;
 use crate::names::Names;
 use crate::runtime::config::ConnectionArgs;
 use crate::stats::GroupStats;
-pub use conn::{RedisConn, ScriptCall};
+pub use conn::{Lua, RedisConn, ScriptCall};
 
 const STATE_LUA: &str = include_str!("lua/state.lua");
 const MARK_LUA: &str = include_str!("lua/mark.lua");
@@ -128,9 +128,9 @@ pub struct Store {
 }
 
 struct Scripts {
-    mark: redis::Script,
-    apply: redis::Script,
-    total: redis::Script,
+    mark: Lua,
+    apply: Lua,
+    total: Lua,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,9 +151,9 @@ impl Store {
             wait_replicas: args.redis_wait_replicas,
             wait_timeout: args.redis_wait_timeout,
             scripts: std::sync::Arc::new(Scripts {
-                mark: redis::Script::new(&format!("{STATE_LUA}\n{MARK_LUA}")),
-                apply: redis::Script::new(&format!("{STATE_LUA}\n{APPLY_LUA}")),
-                total: redis::Script::new(TOTAL_LUA),
+                mark: Lua::new(&format!("{STATE_LUA}\n{MARK_LUA}")),
+                apply: Lua::new(&format!("{STATE_LUA}\n{APPLY_LUA}")),
+                total: Lua::new(TOTAL_LUA),
             }),
         })
     }
