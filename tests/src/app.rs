@@ -320,7 +320,12 @@ const RETRY_STEPS_IN_TESTS: &str = "50ms,100ms,200ms,300ms,500ms,1s,2s,3s,5s,30s
 
 /// Deletes every queue and Redis key of a namespace.
 pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
-    let args = ConnectionArgs::local(namespace);
+    cleanup_with(&ConnectionArgs::local(namespace)).await
+}
+
+/// [`cleanup`] of the namespace of `args`, on its broker and Redis (a cluster's too).
+pub async fn cleanup_with(args: &ConnectionArgs) -> anyhow::Result<()> {
+    let namespace = args.namespace.as_str();
     let names = Names::new(namespace);
     let conn = tributary::broker::amqp::connect_any(&args.amqp_url, "test-cleanup").await?;
     // Every queue a binary may have declared: the fixed ones, and the delay queues of the
@@ -343,7 +348,7 @@ pub async fn cleanup(namespace: &str) -> anyhow::Result<()> {
 
     // KEYS reaches every master of a cluster; keys are deleted one by one, since a
     // namespace's keys live in many slots.
-    let mut redis = Store::connect(&args).await?.connection();
+    let mut redis = Store::connect(args).await?.connection();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{namespace}:*"))
         .query_async(&mut redis)

@@ -8,6 +8,7 @@
 //!   routes, and records every request it sees.
 
 pub mod app;
+pub mod clusters;
 pub mod origin;
 pub mod procs;
 pub mod quotes;

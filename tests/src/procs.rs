@@ -92,7 +92,7 @@ fn spawn(binary: &str, args: &[String]) -> anyhow::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,lapin=off,redis=error")
         .spawn()
         .with_context(|| format!("cannot start {}", path.display()))
 }

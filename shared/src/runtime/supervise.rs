@@ -87,7 +87,7 @@ where
         if sup.shutdown.is_cancelled() {
             return Ok(());
         }
-        let Some((conn, node)) = sup.start().await else {
+        let Some((conn, node)) = sup.start().await? else {
             continue;
         };
         let conn = Arc::new(conn);
@@ -119,12 +119,13 @@ struct Supervisor<'a> {
 
 impl Supervisor<'_> {
     /// Connects to Redis (once) and to a broker node, declaring the topology; `None` after
-    /// a failed attempt (logged, backoff slept) or on shutdown.
-    async fn start(&mut self) -> Option<(Connection, String)> {
+    /// a failed attempt (logged, backoff slept) or on shutdown. A configuration Redis
+    /// refuses (see [`StoreError::Config`]) is an error: no retry makes it work.
+    async fn start(&mut self) -> anyhow::Result<Option<(Connection, String)>> {
         let shutdown = self.shutdown.clone();
         let attempt = tokio::time::timeout(START_TIMEOUT, self.try_start());
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             result = attempt => result.unwrap_or_else(|_| {
                 Err(anyhow::anyhow!("starting a session took longer than {START_TIMEOUT:?}"))
             }),
@@ -132,8 +133,9 @@ impl Supervisor<'_> {
         match result {
             Ok((conn, node)) => {
                 tracing::info!(%node, namespace = %self.args.namespace, "{}: connected to the broker", self.name);
-                Some((conn, node))
+                Ok(Some((conn, node)))
             }
+            Err(e) if matches!(e.downcast_ref(), Some(StoreError::Config(_))) => Err(e),
             Err(e) => {
                 let wait = self.backoff.next_delay();
                 tracing::warn!(
@@ -143,7 +145,7 @@ impl Supervisor<'_> {
                     chain(e.as_ref())
                 );
                 sleep_unless_cancelled(wait, &self.shutdown).await;
-                None
+                Ok(None)
             }
         }
     }

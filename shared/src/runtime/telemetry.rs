@@ -12,8 +12,10 @@ pub fn init(format: LogFormat) {
 }
 
 /// lapin logs a benign "Connection error" at ERROR level whenever a connection closes while
-/// a channel is closing; its real errors reach us as `Result`s and are logged by the stage.
-const QUIET: &str = ",lapin=off";
+/// a channel is closing, and redis's cluster client a warning for every reconnect attempt to
+/// a node that is down (several a second); their real errors reach us as `Result`s and the
+/// supervisor logs what they mean (node lost, Redis unavailable, back again).
+const QUIET: &str = ",lapin=off,redis=error";
 
 /// [`init`] with another filter when `RUST_LOG` is unset (the demo keeps quiet: `warn`).
 pub fn init_with_default(format: LogFormat, default_filter: &str) {

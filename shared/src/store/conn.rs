@@ -180,31 +180,67 @@ impl RedisConn {
         Ok(value)
     }
 
-    /// Whether Redis serves now: a node answers `PING`; a cluster answers
-    /// `cluster_state:ok` from one of its masters.
-    pub async fn healthy(&mut self) -> Result<(), StoreError> {
+    /// Whether Redis serves now: a node answers `PING`, a cluster says `cluster_state:ok`
+    /// from one of its masters; and with `replicas` > 0, whether every master has that many
+    /// replicas attached (else writes could not be acknowledged by them: better not to
+    /// consume than to fail every write and return every delivery).
+    pub async fn healthy(&mut self, replicas: u32) -> Result<(), StoreError> {
         match self {
             RedisConn::Single(c) => {
                 let _: String = redis::cmd("PING").query_async(c).await?;
-                Ok(())
             }
             RedisConn::Cluster(c) => {
-                let info = c
-                    .route_command(
-                        redis::cmd("CLUSTER").arg("INFO").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-                    )
-                    .await?;
-                let info: String =
-                    redis::from_redis_value(info).map_err(redis::RedisError::from)?;
-                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
-                    Ok(())
-                } else {
-                    Err(StoreError::ClusterDown)
+                let info = cluster_text(c, "INFO").await?;
+                if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                    return Err(StoreError::ClusterDown);
                 }
             }
         }
+        match self.short_of_replicas(replicas).await? {
+            Some((master, got)) => Err(StoreError::TooFewReplicas {
+                master: master.unwrap_or_else(|| "the node".into()),
+                got,
+                wanted: replicas,
+            }),
+            None => Ok(()),
+        }
     }
+
+    /// The first master with fewer than `wanted` replicas attached (its address in a
+    /// cluster, `None` for the one node) and how many it has; `None` when all have enough.
+    async fn short_of_replicas(
+        &mut self,
+        wanted: u32,
+    ) -> Result<Option<(Option<String>, u32)>, StoreError> {
+        if wanted == 0 {
+            return Ok(None);
+        }
+        match self {
+            RedisConn::Single(c) => {
+                let info: String = redis::cmd("INFO").arg("replication").query_async(c).await?;
+                let got = info_field(&info, "connected_slaves").unwrap_or(0);
+                Ok((got < wanted).then_some((None, got)))
+            }
+            RedisConn::Cluster(c) => {
+                let nodes = cluster_text(c, "NODES").await?;
+                Ok(replicas_per_master(&nodes)
+                    .into_iter()
+                    .find(|(_, got)| *got < wanted)
+                    .map(|(master, got)| (Some(master), got)))
+            }
+        }
+    }
+}
+
+/// `CLUSTER <subcommand>` as text, from one of the masters.
+async fn cluster_text(c: &mut ClusterConnection, subcommand: &str) -> Result<String, StoreError> {
+    let value = c
+        .route_command(
+            redis::cmd("CLUSTER").arg(subcommand).clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+        )
+        .await?;
+    Ok(redis::from_redis_value(value).map_err(redis::RedisError::from)?)
 }
 
 /// Connects as `--redis-url` / `--redis-cluster` say, and checks that every master has the
@@ -314,37 +350,14 @@ async fn cluster_enabled(url: &str) -> Result<bool, StoreError> {
 /// Fails unless every master (the node, or each cluster master) has at least `wanted`
 /// replicas attached.
 async fn check_replicas(conn: &RedisConn, urls: &[String], wanted: u32) -> Result<(), StoreError> {
-    let short = |node: &str, got: u32| {
-        Err(StoreError::Config(format!(
-            "--redis-wait-replicas {wanted}: only {got} replica{} attached to {node}",
-            if got == 1 { "" } else { "s" }
-        )))
-    };
-    let mut conn = conn.clone();
-    match &mut conn {
-        RedisConn::Single(c) => {
-            let info: String = redis::cmd("INFO").arg("replication").query_async(c).await?;
-            let got = info_field(&info, "connected_slaves").unwrap_or(0);
-            if got < wanted {
-                return short(&redact_url(&urls[0]), got);
-            }
-        }
-        RedisConn::Cluster(c) => {
-            let nodes = c
-                .route_command(
-                    redis::cmd("CLUSTER").arg("NODES").clone(),
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-                )
-                .await?;
-            let nodes: String = redis::from_redis_value(nodes).map_err(redis::RedisError::from)?;
-            for (master, got) in replicas_per_master(&nodes) {
-                if got < wanted {
-                    return short(&master, got);
-                }
-            }
-        }
+    match conn.clone().short_of_replicas(wanted).await? {
+        Some((master, got)) => Err(StoreError::Config(format!(
+            "--redis-wait-replicas {wanted}: only {got} replica{} attached to {}",
+            if got == 1 { "" } else { "s" },
+            master.unwrap_or_else(|| redact_url(&urls[0]))
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn info_field(info: &str, field: &str) -> Option<u32> {

@@ -47,6 +47,12 @@ pub enum StoreError {
     },
     #[error("redis cluster: cluster_state is not ok")]
     ClusterDown,
+    #[error("redis: only {got} of {wanted} replicas attached to {master}")]
+    TooFewReplicas {
+        master: String,
+        got: u32,
+        wanted: u32,
+    },
 }
 
 impl StoreError {
@@ -321,9 +327,10 @@ impl Store {
         Ok(())
     }
 
-    /// Answers when Redis serves (a node answers; a cluster says its state is ok).
+    /// Answers when Redis serves (a node answers; a cluster says its state is ok) and, with
+    /// `--redis-wait-replicas N`, every master has N replicas attached.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.conn.clone().healthy().await
+        self.conn.clone().healthy(self.wait_replicas).await
     }
 }
 

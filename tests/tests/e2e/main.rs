@@ -7,6 +7,7 @@
 //! `cargo test -p tributary-tests --test e2e -- --ignored --test-threads=1`.
 
 mod api;
+mod cluster;
 mod deploy;
 mod dlq;
 mod foreign;
