@@ -1,14 +1,16 @@
-//! Fleet-wide per-host rate limits: the Rust side of `lua/hostlimit.lua`.
+//! Fleet-wide per-host rate limits: the Rust side of the scripts in `lua/`, one per
+//! operation (`acquire`, `throttle`, `pause`, `paused`, `lease_take`; `host.lua` is the
+//! prelude of the first two), each returning named results.
 //!
 //! One GCRA (generic cell rate algorithm, the semantics of the `governor` crate) per host,
 //! its theoretical arrival time kept in Redis under [`Names::host_tat_key`] and computed on
 //! Redis server time, so every fetcher on every machine shares one limit whatever its clock.
-//! A caller asks [`HostLimiter::acquire`] before each request: a wait up to its `max_wait`
+//! A caller asks [`HostLimiter::ask`] before each request: a wait up to its `max_wait`
 //! is reserved (the caller sleeps it, then fetches); a longer one reserves nothing and the
 //! caller puts the task aside (the fetcher defers it through a delay queue).
 //!
 //! [`HostLimiter::pause`] holds a host off for a while (the fetcher's `--host-pause`, after
-//! a 429/503 with `Retry-After`): the same script answers "later" for it, rate or not.
+//! a 429/503 with `Retry-After`): `acquire` answers "later" for it, rate or not.
 //!
 //! With [`HostLimiter::with_aimd`] the rate adapts: [`HostLimiter::throttled`] (after a
 //! 429) halves a host's rate factor (at most once per [`Aimd::spacing`], never below
@@ -16,7 +18,7 @@
 //! factor lives in Redis next to the TAT ([`Names::host_rate_key`]), so every fetcher
 //! shares it.
 //!
-//! [`HostLimiter::take_lease`] / [`HostLimiter::give_lease`] (`lua/leases.lua`) cap a host's
+//! [`HostLimiter::take_lease`] (`lua/lease_take.lua`) / [`HostLimiter::give_lease`] cap a host's
 //! requests in flight across the fleet: a counting semaphore whose permits are leases with
 //! an end on Redis time ([`Names::host_leases_key`]), so a dead holder's permit comes back.
 
@@ -24,12 +26,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tributary::names::Names;
-use tributary::store::{Lua, RedisConn, ScriptCall, Store, StoreError};
+use tributary::store::{Lua, Named, RedisConn, ScriptCall, Store, StoreError};
 use uuid::Uuid;
 
-const HOSTLIMIT_LUA: &str = include_str!("lua/hostlimit.lua");
+const HOST_LUA: &str = include_str!("lua/host.lua");
+const ACQUIRE_LUA: &str = include_str!("lua/acquire.lua");
+const THROTTLE_LUA: &str = include_str!("lua/throttle.lua");
+const PAUSE_LUA: &str = include_str!("lua/pause.lua");
 const PAUSED_LUA: &str = include_str!("lua/paused.lua");
-const LEASES_LUA: &str = include_str!("lua/leases.lua");
+const LEASE_TAKE_LUA: &str = include_str!("lua/lease_take.lua");
+
+/// The limiter's scripts, one per operation.
+struct Scripts {
+    acquire: Lua,
+    throttle: Lua,
+    pause: Lua,
+    paused: Lua,
+    lease_take: Lua,
+}
 
 /// A GCRA limit: one request per `interval`, with `tolerance` of burst (a tolerance of
 /// `k × interval` lets `k + 1` requests through at once after a quiet spell).
@@ -90,9 +104,7 @@ pub struct Turn(pub u64);
 pub struct HostLimiter {
     conn: RedisConn,
     names: Names,
-    script: Arc<Lua>,
-    paused: Arc<Lua>,
-    leases: Arc<Lua>,
+    scripts: Arc<Scripts>,
     aimd: Option<Aimd>,
 }
 
@@ -110,9 +122,13 @@ impl HostLimiter {
         Self {
             conn: store.connection(),
             names: store.names().clone(),
-            script: Arc::new(Lua::new(HOSTLIMIT_LUA)),
-            paused: Arc::new(Lua::new(PAUSED_LUA)),
-            leases: Arc::new(Lua::new(LEASES_LUA)),
+            scripts: Arc::new(Scripts {
+                acquire: Lua::new(&format!("{HOST_LUA}\n{ACQUIRE_LUA}")),
+                throttle: Lua::new(&format!("{HOST_LUA}\n{THROTTLE_LUA}")),
+                pause: Lua::new(PAUSE_LUA),
+                paused: Lua::new(PAUSED_LUA),
+                lease_take: Lua::new(LEASE_TAKE_LUA),
+            }),
             aimd: None,
         }
     }
@@ -126,18 +142,8 @@ impl HostLimiter {
     }
 
     /// Asks for one request to `host` under `limit` (`None`: only a pause can hold it),
-    /// reserving a slot if it comes within `max_wait`.
-    pub async fn acquire(
-        &self,
-        host: &str,
-        limit: Option<Gcra>,
-        max_wait: Duration,
-    ) -> Result<Admission, StoreError> {
-        Ok(self.ask(host, limit, max_wait, None).await?.admission)
-    }
-
-    /// [`HostLimiter::acquire`] for a caller holding `turn` (from an earlier
-    /// [`Admission::Later`]; `None` the first time), with the whole [`Answer`].
+    /// reserving a slot if it comes within `max_wait`, for a caller holding `turn` (from
+    /// an earlier [`Admission::Later`]; `None` the first time).
     pub async fn ask(
         &self,
         host: &str,
@@ -147,19 +153,24 @@ impl HostLimiter {
     ) -> Result<Answer, StoreError> {
         let (interval, tolerance) =
             limit.map_or((0, 0), |l| (micros(l.interval).max(1), micros(l.tolerance)));
-        let mut invocation = self.invocation(host, "acquire");
-        invocation
+        let mut call = ScriptCall::new(&self.scripts.acquire);
+        call.key(self.names.host_tat_key(host))
+            .key(self.names.host_pause_key(host))
+            .key(self.names.host_rate_key(host))
+            .key(self.names.host_queue_key(host))
             .arg(interval)
             .arg(tolerance)
             .arg(micros(max_wait))
             .arg(self.aimd.map_or(0.0, |a| a.recovery_per_sec))
             .arg(turn.map_or(0, |t| t.0));
-        let answer: Vec<i64> = self.conn.clone().eval(&invocation).await?;
-        let (granted, wait_ms) = (answer.first() == Some(&1), answer.get(1).copied());
-        let wait = Duration::from_millis(wait_ms.unwrap_or(0).max(0) as u64);
-        let factor = answer.get(2).map_or(1.0, |ppm| *ppm as f64 / 1e6);
-        let turn = answer.get(3).filter(|t| **t > 0).map(|t| Turn(*t as u64));
-        let admission = if granted {
+        let answer: Named = self.conn.clone().eval(&call).await?;
+        let wait = Duration::from_millis(answer.get("wait_ms")?.max(0) as u64);
+        let factor = answer.get("factor_ppm")? as f64 / 1e6;
+        let turn = answer
+            .get_opt("turn")
+            .filter(|t| *t > 0)
+            .map(|t| Turn(t as u64));
+        let admission = if answer.get("granted")? == 1 {
             Admission::Go(wait)
         } else {
             Admission::Later(wait)
@@ -177,21 +188,21 @@ impl HostLimiter {
         let Some(aimd) = self.aimd else {
             return Ok(1.0);
         };
-        let mut invocation = self.invocation(host, "throttle");
-        invocation
+        let mut call = ScriptCall::new(&self.scripts.throttle);
+        call.key(self.names.host_rate_key(host))
             .arg(aimd.floor)
             .arg(aimd.recovery_per_sec)
             .arg(micros(aimd.spacing));
-        let (_, ppm): (i64, i64) = self.conn.clone().eval(&invocation).await?;
-        Ok(ppm as f64 / 1e6)
+        let answer: Named = self.conn.clone().eval(&call).await?;
+        Ok(answer.get("factor_ppm")? as f64 / 1e6)
     }
 
     /// Pauses `host` for every fetcher for `pause` from now (Redis time); a longer pause
     /// already set stays. The host is listed in [`HostLimiter::paused_hosts`] until then.
     pub async fn pause(&self, host: &str, pause: Duration) -> Result<(), StoreError> {
-        let mut invocation = self.invocation(host, "pause");
-        invocation.arg(micros(pause));
-        let (_, until): (i64, i64) = self.conn.clone().eval(&invocation).await?;
+        let mut call = ScriptCall::new(&self.scripts.pause);
+        call.key(self.names.host_pause_key(host)).arg(micros(pause));
+        let until = self.conn.clone().eval::<Named>(&call).await?.get("until")?;
         let mut conn = self.conn.clone();
         // A second call, not a key of the script: the set is not in the host's hash slot.
         // GT: a pause recorded by another fetcher that ends later stays.
@@ -207,12 +218,12 @@ impl HostLimiter {
 
     /// The hosts paused now, by any fetcher of the namespace (ended pauses are forgotten).
     pub async fn paused_hosts(&self) -> Result<Vec<String>, StoreError> {
-        let mut invocation = ScriptCall::new(&self.paused);
-        invocation.key(self.names.paused_hosts_key());
-        self.conn.clone().eval(&invocation).await
+        let mut call = ScriptCall::new(&self.scripts.paused);
+        call.key(self.names.paused_hosts_key());
+        self.conn.clone().eval(&call).await
     }
 
-    /// Takes a concurrency lease `id` of `host` (`lua/leases.lua`) for `lease` if fewer
+    /// Takes a concurrency lease `id` of `host` (`lua/lease_take.lua`) for `lease` if fewer
     /// than `cap` are held; says whether it did. A lease runs out on its own, so one whose
     /// holder died comes back; it must outlast the longest download.
     pub async fn take_lease(
@@ -222,38 +233,24 @@ impl HostLimiter {
         lease: Duration,
         id: Uuid,
     ) -> Result<bool, StoreError> {
-        let mut invocation = self.lease_invocation(host, "take");
-        invocation
+        let mut call = ScriptCall::new(&self.scripts.lease_take);
+        call.key(self.names.host_leases_key(host))
             .arg(cap)
             .arg(micros(lease))
             .arg(id.simple().to_string());
-        let taken: i64 = self.conn.clone().eval(&invocation).await?;
-        Ok(taken == 1)
+        let answer: Named = self.conn.clone().eval(&call).await?;
+        Ok(answer.get("taken")? == 1)
     }
 
     /// Gives the concurrency lease `id` of `host` back.
     pub async fn give_lease(&self, host: &str, id: Uuid) -> Result<(), StoreError> {
-        let mut invocation = self.lease_invocation(host, "give");
-        invocation.arg(id.simple().to_string());
-        let _: i64 = self.conn.clone().eval(&invocation).await?;
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.names.host_leases_key(host))
+            .arg(id.simple().to_string())
+            .query_async(&mut conn)
+            .await?;
         Ok(())
-    }
-
-    fn lease_invocation(&self, host: &str, op: &str) -> ScriptCall<'_> {
-        let mut invocation = ScriptCall::new(&self.leases);
-        invocation.key(self.names.host_leases_key(host)).arg(op);
-        invocation
-    }
-
-    fn invocation(&self, host: &str, op: &str) -> ScriptCall<'_> {
-        let mut invocation = ScriptCall::new(&self.script);
-        invocation
-            .key(self.names.host_tat_key(host))
-            .key(self.names.host_pause_key(host))
-            .key(self.names.host_rate_key(host))
-            .key(self.names.host_queue_key(host))
-            .arg(op);
-        invocation
     }
 }
 

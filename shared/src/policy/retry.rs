@@ -28,6 +28,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// A policy that never retries.
+    #[cfg(test)]
     pub fn none() -> Self {
         Self {
             delays: Vec::new(),

@@ -129,6 +129,50 @@ impl<'a> ScriptCall<'a> {
     }
 }
 
+/// A script's named results: it returns `{'name', value, 'name', value, ...}` (integers,
+/// or integers as strings where they may pass 2^53), read by name rather than position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Named(std::collections::HashMap<String, i64>);
+
+impl Named {
+    /// The value of `name`; a script that did not return it is a bug, reported as such.
+    pub fn get(&self, name: &str) -> Result<i64, StoreError> {
+        self.0
+            .get(name)
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt {
+                key: "a script's results".into(),
+                detail: format!("no {name:?} in {:?}", self.0),
+            })
+    }
+
+    /// The value of `name`, if the script returned it.
+    pub fn get_opt(&self, name: &str) -> Option<i64> {
+        self.0.get(name).copied()
+    }
+}
+
+impl FromRedisValue for Named {
+    fn from_redis_value(value: Value) -> Result<Self, redis::ParsingError> {
+        let items: Vec<Value> = redis::from_redis_value(value)?;
+        let mut out = std::collections::HashMap::new();
+        for pair in items.chunks(2) {
+            let [name, value] = pair else {
+                return Err("a script's named results come in pairs".into());
+            };
+            let name: String = redis::from_redis_value(name.clone())?;
+            let value: i64 = match value {
+                Value::Int(n) => *n,
+                other => redis::from_redis_value::<String>(other.clone())?
+                    .parse()
+                    .map_err(|_| redis::ParsingError::from("a named result is not an integer"))?,
+            };
+            out.insert(name, value);
+        }
+        Ok(Named(out))
+    }
+}
+
 fn is_noscript(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
@@ -412,6 +456,23 @@ g1 127.0.0.1:7006@17006 master - 0 0 4 connected 10923-16383
                 ("127.0.0.1:7006".to_string(), 0),
             ]
         );
+    }
+
+    #[test]
+    fn named_results_parse_by_name() {
+        let value = Value::Array(vec![
+            Value::BulkString(b"granted".to_vec()),
+            Value::Int(1),
+            Value::BulkString(b"turn".to_vec()),
+            Value::BulkString(b"1733390000000000".to_vec()),
+        ]);
+        let named: Named = redis::from_redis_value(value).unwrap();
+        assert_eq!(named.get("granted").unwrap(), 1);
+        assert_eq!(named.get("turn").unwrap(), 1_733_390_000_000_000);
+        assert!(named.get("wait_ms").is_err());
+        assert_eq!(named.get_opt("wait_ms"), None);
+        let odd = Value::Array(vec![Value::BulkString(b"granted".to_vec())]);
+        assert!(redis::from_redis_value::<Named>(odd).is_err());
     }
 
     #[test]

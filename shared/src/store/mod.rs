@@ -19,7 +19,7 @@ use crate::message::TaskResult;
 use crate::names::Names;
 use crate::runtime::config::ConnectionArgs;
 use crate::stats::GroupStats;
-pub use conn::{Lua, RedisConn, ScriptCall};
+pub use conn::{Lua, Named, RedisConn, ScriptCall};
 
 const STATE_LUA: &str = include_str!("lua/state.lua");
 const MARK_LUA: &str = include_str!("lua/mark.lua");
@@ -318,13 +318,6 @@ impl Store {
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         Ok(buckets)
-    }
-
-    /// Deletes every key of the job.
-    pub async fn delete_job(&self, job: Uuid) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: () = conn.del(&self.names.job_keys(job)).await?;
-        Ok(())
     }
 
     /// Answers when Redis serves (a node answers; a cluster says its state is ok) and, with

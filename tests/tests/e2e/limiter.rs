@@ -30,7 +30,15 @@ fn gcra(interval_ms: u64, tolerance_ms: u64) -> Gcra {
 
 /// One question to the limiter, willing to sleep `max_wait_ms`.
 async fn ask(l: &HostLimiter, host: &str, limit: Gcra, max_wait_ms: u64) -> Admission {
-    l.acquire(host, Some(limit), ms(max_wait_ms)).await.unwrap()
+    acquire(l, host, Some(limit), max_wait_ms).await
+}
+
+/// The admission of one question without a turn.
+async fn acquire(l: &HostLimiter, host: &str, limit: Option<Gcra>, max_wait_ms: u64) -> Admission {
+    l.ask(host, limit, ms(max_wait_ms), None)
+        .await
+        .unwrap()
+        .admission
 }
 
 /// Deletes the hosts' keys.
@@ -187,12 +195,12 @@ async fn leases_cap_a_host_and_run_out() {
 async fn a_pause_holds_every_request_until_it_ends() {
     let (limiter, store) = limiter().await;
     let host = "paused.test";
-    let check = |max_wait_ms| limiter.acquire(host, None, ms(max_wait_ms));
-    assert_eq!(check(0).await.unwrap(), Admission::Go(ms(0)));
+    let check = |max_wait_ms| acquire(&limiter, host, None, max_wait_ms);
+    assert_eq!(check(0).await, Admission::Go(ms(0)));
     limiter.pause(host, ms(300)).await.unwrap();
     // A shorter pause does not shorten it.
     limiter.pause(host, ms(10)).await.unwrap();
-    let Admission::Later(wait) = check(1000).await.unwrap() else {
+    let Admission::Later(wait) = check(1000).await else {
         panic!("paused");
     };
     assert!(wait > ms(250) && wait <= ms(300), "{wait:?}");
@@ -208,7 +216,7 @@ async fn a_pause_holds_every_request_until_it_ends() {
     // (The rate-limited caller above was given the pause's end as its turn, so a
     // caller without one queues behind it until one interval after that.)
     tokio::time::sleep(wait + ms(20)).await;
-    assert_eq!(check(0).await.unwrap(), Admission::Go(ms(0)));
+    assert_eq!(check(0).await, Admission::Go(ms(0)));
     // ... until the pause ends.
     assert!(limiter.paused_hosts().await.unwrap().is_empty());
     assert_eq!(
@@ -248,10 +256,9 @@ async fn aimd_halves_on_429s_down_to_the_floor_and_recovers() {
         admission, factor, ..
     } = limiter.ask(host, Some(limit), ms(0), None).await.unwrap();
     assert!(factor < 0.2, "{factor}");
-    let (Admission::Go(_), Admission::Later(wait)) = (
-        admission,
-        limiter.acquire(host, Some(limit), ms(0)).await.unwrap(),
-    ) else {
+    let (Admission::Go(_), Admission::Later(wait)) =
+        (admission, acquire(&limiter, host, Some(limit), 0).await)
+    else {
         panic!("one slot, then a wait");
     };
     assert!(wait > ms(50), "{wait:?}");
