@@ -10,6 +10,7 @@ mod api;
 mod cluster;
 mod deploy;
 mod dlq;
+mod encodings;
 mod foreign;
 mod hostlimit;
 mod limiter;
