@@ -164,6 +164,24 @@ impl App {
     }
 
     /// A broker connection for the test itself.
+    /// Publishes `body` as is (persistent, confirmed) to `stage`'s queue: what a foreign
+    /// or broken publisher would send.
+    pub async fn publish_raw(&self, stage: Stage, body: &[u8]) -> anyhow::Result<()> {
+        use tributary::broker::amqp;
+        let conn = self.broker().await?;
+        let channel = amqp::confirm_channel(&conn).await?;
+        amqp::publish_confirmed(
+            &channel,
+            self.names.exchange(),
+            stage.as_str(),
+            body,
+            amqp::persistent("application/json"),
+        )
+        .await?;
+        let _ = conn.close(200, "ok".into()).await;
+        Ok(())
+    }
+
     pub async fn broker(&self) -> anyhow::Result<lapin::Connection> {
         let args = ConnectionArgs::local(&self.namespace);
         Ok(tributary::broker::amqp::connect_any(&args.amqp_url, "test").await?)

@@ -73,6 +73,17 @@ impl Worker {
     }
 }
 
+/// SIGTERM to every worker; each must exit, and exit 0, within `limit`.
+pub fn stop_all(workers: impl IntoIterator<Item = Worker>, limit: Duration) {
+    for worker in workers {
+        let name = worker.binary.clone();
+        let exit = worker
+            .terminate(limit)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(exit.success(), "{name} exited with {exit} after SIGTERM");
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();

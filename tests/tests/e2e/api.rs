@@ -236,95 +236,11 @@ async fn tokens_bad_input_unknown_jobs_and_large_bodies_get_json_errors() {
     let app = App::spawn("api-errors", no_fetcher).await.unwrap();
     let api = Server::start(&app, &["--max-body-bytes", "65536"]).await;
 
-    // Every route but /healthz needs the token.
-    let (status, health) = send(api.anonymous(Method::GET, "/healthz")).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        health,
-        json!({"status": "ok", "broker": "up", "redis": "up"})
-    );
     let job = Uuid::new_v4();
-    for (method, path) in producer::api::ROUTES {
-        let path = path.replace("{id}", &job.to_string());
-        let method: Method = method.to_uppercase().parse().unwrap();
-        let response = api.anonymous(method.clone(), &path).send().await.unwrap();
-        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
-        let answer = send(api.anonymous(method.clone(), &path)).await;
-        assert_error(&answer, StatusCode::UNAUTHORIZED, "unauthorized");
-        assert!(answer.1["detail"].as_str().unwrap().contains("missing"));
-        let wrong = send(api.anonymous(method, &path).bearer_auth("not-the-token")).await;
-        assert_error(&wrong, StatusCode::UNAUTHORIZED, "unauthorized");
-        assert_eq!(wrong.1["detail"], "invalid token");
-    }
-    let (status, doc) = api.get("/v1/openapi.json").await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(doc["paths"]["/v1/jobs"]["post"].is_object());
+    every_route_but_healthz_needs_the_token(&api, job).await;
 
-    // Bad input names the line (or array index), and nothing is enqueued.
+    let lines = bad_input_enqueues_nothing(&app, &api, job).await;
     let fetch_queue = app.names.queue(Stage::Fetch);
-    let lines = vec![
-        app.origin.url("/quotes/1.json"),
-        "# comment".into(),
-        "ftp://example.com/x".into(),
-        r#"{"url": "http://a.example/1", "color": "red"}"#.into(),
-    ];
-    let bad = api
-        .post_lines(&format!("/v1/jobs?job_id={job}"), &lines)
-        .await;
-    assert_error(&bad, StatusCode::BAD_REQUEST, "invalid input");
-    let detail = bad.1["detail"].as_str().unwrap();
-    assert!(
-        detail.starts_with(r#"line 3: scheme "ftp" is not http or https; line 4: "#),
-        "{detail}"
-    );
-    assert!(detail.contains("unknown field `color`"), "{detail}");
-    assert_eq!(app.queue_depth(&fetch_queue).await.unwrap(), 0);
-    assert_eq!(app.store.status(job).await.unwrap(), None);
-
-    let bad = api
-        .post_json(
-            "/v1/jobs",
-            &json!({"urls": ["http://a.example/1", "nope", 7]}),
-        )
-        .await;
-    assert_error(&bad, StatusCode::BAD_REQUEST, "invalid input");
-    let detail = bad.1["detail"].as_str().unwrap();
-    assert!(detail.starts_with("urls[1]: not a url"), "{detail}");
-    assert!(detail.contains("urls[2]: not a URL string"), "{detail}");
-    for (body, error) in [
-        (json!({"url": ["http://a.example/1"]}), "invalid JSON body"),
-        (json!(["http://a.example/1"]), "invalid JSON body"),
-        (json!({"urls": []}), "empty job"),
-        (
-            json!({"urls": ["http://a.example/1"], "job_id": "x"}),
-            "invalid JSON body",
-        ),
-    ] {
-        assert_error(
-            &api.post_json("/v1/jobs", &body).await,
-            StatusCode::BAD_REQUEST,
-            error,
-        );
-    }
-    let conflict = api
-        .post_json(
-            &format!("/v1/jobs?job_id={job}"),
-            &json!({"urls": ["http://a.example/1"], "job_id": Uuid::new_v4()}),
-        )
-        .await;
-    assert_error(&conflict, StatusCode::BAD_REQUEST, "conflicting parameters");
-    let xml = send(
-        api.request(Method::POST, "/v1/jobs")
-            .header(header::CONTENT_TYPE, "application/xml")
-            .body("<urls/>"),
-    )
-    .await;
-    assert_error(
-        &xml,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported content type",
-    );
-    assert_eq!(app.queue_depth(&fetch_queue).await.unwrap(), 0);
 
     // With skip_invalid the valid lines go.
     let skipped = api
@@ -335,47 +251,9 @@ async fn tokens_bad_input_unknown_jobs_and_large_bodies_get_json_errors() {
     assert_eq!(skipped.1["skipped"], 2);
     assert_eq!(app.store.status(job).await.unwrap().unwrap().total, 1);
 
-    // Unknown jobs, bad ids, unknown routes.
-    let unknown = Uuid::new_v4();
-    for path in [
-        format!("/v1/jobs/{unknown}"),
-        format!("/v1/jobs/{unknown}/results"),
-    ] {
-        api.get_error(&path, StatusCode::NOT_FOUND, "unknown job")
-            .await;
-    }
-    api.get_error(
-        "/v1/jobs/not-a-uuid",
-        StatusCode::BAD_REQUEST,
-        "invalid job id",
-    )
-    .await;
-    api.get_error("/v2/nothing", StatusCode::NOT_FOUND, "not found")
-        .await;
+    unknown_jobs_ids_and_routes_are_errors(&api).await;
 
-    // Bodies over --max-body-bytes: with a Content-Length, and streamed without one.
-    let big: String = (0..2000)
-        .map(|i| format!("http://a.example/{i:040}\n"))
-        .collect();
-    assert!(big.len() > 65536);
-    let too_large = send(
-        api.request(Method::POST, "/v1/jobs")
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(big.clone()),
-    )
-    .await;
-    assert_error(&too_large, StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-    let chunks: Vec<Result<String, std::io::Error>> = big
-        .as_bytes()
-        .chunks(8192)
-        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
-        .collect();
-    let streamed = send(
-        api.request(Method::POST, "/v1/jobs")
-            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
-    )
-    .await;
-    assert_error(&streamed, StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    bodies_over_the_cap_are_413(&api).await;
     assert_eq!(app.queue_depth(&fetch_queue).await.unwrap(), 1);
 
     api.stop().await;
@@ -404,51 +282,7 @@ async fn dead_letters_are_listed_and_replayed_over_http() {
     assert_eq!(app.wait_done(job, LIMIT).await.unwrap().dead, 5);
     assert_eq!(app.wait_done(other, LIMIT).await.unwrap().dead, 1);
 
-    let (status, all) = api.get("/v1/dlq").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(all.as_array().unwrap().len(), 6, "{all}");
-    let (_, mine) = api.get(&format!("/v1/dlq?job_id={job}&stage=fetch")).await;
-    let mine = mine.as_array().unwrap();
-    assert_eq!(mine.len(), 5);
-    for dead in mine {
-        assert_eq!(dead["job_id"], job.to_string());
-        assert_eq!(dead["stage"], "fetch");
-        assert_eq!(dead["error"], "http_status");
-        assert_eq!(dead["status"], 404);
-    }
-    // The same lines as `producer dlq list`.
-    let cli = app
-        .dlq(&["list", "--job-id", &job.to_string()])
-        .await
-        .unwrap();
-    assert_eq!(mine, &cli);
-    let (_, limited) = api.get("/v1/dlq?limit=2&error=http_status").await;
-    assert_eq!(limited.as_array().unwrap().len(), 2);
-    let (_, none) = api.get("/v1/dlq?stage=process").await;
-    assert_eq!(none, json!([]));
-    let ndjson = api
-        .request(Method::GET, &format!("/v1/dlq?job_id={job}"))
-        .header(header::ACCEPT, "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        ndjson.headers()[header::CONTENT_TYPE],
-        "application/x-ndjson"
-    );
-    assert_eq!(ndjson.text().await.unwrap().lines().count(), 5);
-    api.get_error(
-        "/v1/dlq?stage=nowhere",
-        StatusCode::BAD_REQUEST,
-        "invalid stage",
-    )
-    .await;
-    api.get_error(
-        "/v1/dlq?colour=red",
-        StatusCode::BAD_REQUEST,
-        "invalid query",
-    )
-    .await;
+    dead_letters_are_listed_and_filtered(&app, &api, job).await;
 
     // A dry run moves nothing; a replay (filters in the body) brings the job to the exact
     // aggregate once the documents exist; the other job's dead letter stays.
@@ -589,4 +423,194 @@ async fn the_server_reconnects_when_the_broker_drops_its_connection() {
     assert_ne!(now, pids);
     api.stop().await;
     app.shutdown().await.unwrap();
+}
+
+/// Every route but /healthz needs the token; the OpenAPI document lists the job route.
+async fn every_route_but_healthz_needs_the_token(api: &Server, job: Uuid) {
+    let (status, health) = send(api.anonymous(Method::GET, "/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        health,
+        json!({"status": "ok", "broker": "up", "redis": "up"})
+    );
+    for (method, path) in producer::api::ROUTES {
+        let path = path.replace("{id}", &job.to_string());
+        let method: Method = method.to_uppercase().parse().unwrap();
+        let response = api.anonymous(method.clone(), &path).send().await.unwrap();
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let answer = send(api.anonymous(method.clone(), &path)).await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert!(answer.1["detail"].as_str().unwrap().contains("missing"));
+        let wrong = send(api.anonymous(method, &path).bearer_auth("not-the-token")).await;
+        assert_error(&wrong, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert_eq!(wrong.1["detail"], "invalid token");
+    }
+    let (status, doc) = api.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/v1/jobs"]["post"].is_object());
+}
+
+/// Bad input names the line (or array index), and nothing is enqueued; returns the lines
+/// (one valid) for the skip_invalid check.
+async fn bad_input_enqueues_nothing(app: &App, api: &Server, job: Uuid) -> Vec<String> {
+    let fetch_queue = app.names.queue(Stage::Fetch);
+    let lines = vec![
+        app.origin.url("/quotes/1.json"),
+        "# comment".into(),
+        "ftp://example.com/x".into(),
+        r#"{"url": "http://a.example/1", "color": "red"}"#.into(),
+    ];
+    let bad = api
+        .post_lines(&format!("/v1/jobs?job_id={job}"), &lines)
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "invalid input");
+    let detail = bad.1["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(r#"line 3: scheme "ftp" is not http or https; line 4: "#),
+        "{detail}"
+    );
+    assert!(detail.contains("unknown field `color`"), "{detail}");
+    assert_eq!(app.queue_depth(&fetch_queue).await.unwrap(), 0);
+    assert_eq!(app.store.status(job).await.unwrap(), None);
+
+    let bad = api
+        .post_json(
+            "/v1/jobs",
+            &json!({"urls": ["http://a.example/1", "nope", 7]}),
+        )
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "invalid input");
+    let detail = bad.1["detail"].as_str().unwrap();
+    assert!(detail.starts_with("urls[1]: not a url"), "{detail}");
+    assert!(detail.contains("urls[2]: not a URL string"), "{detail}");
+    for (body, error) in [
+        (json!({"url": ["http://a.example/1"]}), "invalid JSON body"),
+        (json!(["http://a.example/1"]), "invalid JSON body"),
+        (json!({"urls": []}), "empty job"),
+        (
+            json!({"urls": ["http://a.example/1"], "job_id": "x"}),
+            "invalid JSON body",
+        ),
+    ] {
+        assert_error(
+            &api.post_json("/v1/jobs", &body).await,
+            StatusCode::BAD_REQUEST,
+            error,
+        );
+    }
+    let conflict = api
+        .post_json(
+            &format!("/v1/jobs?job_id={job}"),
+            &json!({"urls": ["http://a.example/1"], "job_id": Uuid::new_v4()}),
+        )
+        .await;
+    assert_error(&conflict, StatusCode::BAD_REQUEST, "conflicting parameters");
+    let xml = send(
+        api.request(Method::POST, "/v1/jobs")
+            .header(header::CONTENT_TYPE, "application/xml")
+            .body("<urls/>"),
+    )
+    .await;
+    assert_error(
+        &xml,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported content type",
+    );
+    assert_eq!(app.queue_depth(&fetch_queue).await.unwrap(), 0);
+    lines
+}
+
+/// Unknown jobs, bad ids, unknown routes.
+async fn unknown_jobs_ids_and_routes_are_errors(api: &Server) {
+    let unknown = Uuid::new_v4();
+    for path in [
+        format!("/v1/jobs/{unknown}"),
+        format!("/v1/jobs/{unknown}/results"),
+    ] {
+        api.get_error(&path, StatusCode::NOT_FOUND, "unknown job")
+            .await;
+    }
+    api.get_error(
+        "/v1/jobs/not-a-uuid",
+        StatusCode::BAD_REQUEST,
+        "invalid job id",
+    )
+    .await;
+    api.get_error("/v2/nothing", StatusCode::NOT_FOUND, "not found")
+        .await;
+}
+
+/// Bodies over --max-body-bytes: with a Content-Length, and streamed without one.
+async fn bodies_over_the_cap_are_413(api: &Server) {
+    let big: String = (0..2000)
+        .map(|i| format!("http://a.example/{i:040}\n"))
+        .collect();
+    assert!(big.len() > 65536);
+    let too_large = send(
+        api.request(Method::POST, "/v1/jobs")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(big.clone()),
+    )
+    .await;
+    assert_error(&too_large, StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    let chunks: Vec<Result<String, std::io::Error>> = big
+        .as_bytes()
+        .chunks(8192)
+        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
+    let streamed = send(
+        api.request(Method::POST, "/v1/jobs")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))),
+    )
+    .await;
+    assert_error(&streamed, StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+}
+
+/// `GET /v1/dlq`: all, filtered, limited, NDJSON, bad queries; the same entries as the CLI.
+async fn dead_letters_are_listed_and_filtered(app: &App, api: &Server, job: Uuid) {
+    let (status, all) = api.get("/v1/dlq").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all.as_array().unwrap().len(), 6, "{all}");
+    let (_, mine) = api.get(&format!("/v1/dlq?job_id={job}&stage=fetch")).await;
+    let mine = mine.as_array().unwrap();
+    assert_eq!(mine.len(), 5);
+    for dead in mine {
+        assert_eq!(dead["job_id"], job.to_string());
+        assert_eq!(dead["stage"], "fetch");
+        assert_eq!(dead["error"], "http_status");
+        assert_eq!(dead["status"], 404);
+    }
+    // The same lines as `producer dlq list`.
+    let cli = app
+        .dlq(&["list", "--job-id", &job.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(mine, &cli);
+    let (_, limited) = api.get("/v1/dlq?limit=2&error=http_status").await;
+    assert_eq!(limited.as_array().unwrap().len(), 2);
+    let (_, none) = api.get("/v1/dlq?stage=process").await;
+    assert_eq!(none, json!([]));
+    let ndjson = api
+        .request(Method::GET, &format!("/v1/dlq?job_id={job}"))
+        .header(header::ACCEPT, "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ndjson.headers()[header::CONTENT_TYPE],
+        "application/x-ndjson"
+    );
+    assert_eq!(ndjson.text().await.unwrap().lines().count(), 5);
+    api.get_error(
+        "/v1/dlq?stage=nowhere",
+        StatusCode::BAD_REQUEST,
+        "invalid stage",
+    )
+    .await;
+    api.get_error(
+        "/v1/dlq?colour=red",
+        StatusCode::BAD_REQUEST,
+        "invalid query",
+    )
+    .await;
 }

@@ -13,7 +13,7 @@ use tributary::store::{JobStatus, Store};
 use tributary_tests::app::{cleanup_with, fresh_namespace};
 use tributary_tests::clusters::{self, Clusters};
 use tributary_tests::origin::{Origin, OriginOptions};
-use tributary_tests::procs::Worker;
+use tributary_tests::procs::{Worker, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;
 
@@ -157,10 +157,6 @@ async fn a_job_finishes_while_a_broker_node_is_down_and_after_a_redis_failover()
     clusters::run(&["rabbitmq-start-app", "a"]).unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(store.status(job).await.unwrap().unwrap(), done);
-    for worker in workers.drain(..) {
-        let binary = worker.binary.clone();
-        let status = worker.terminate(Duration::from_secs(40)).unwrap();
-        assert!(status.success(), "{binary} exited with {status}");
-    }
+    stop_all(workers.drain(..), Duration::from_secs(40));
     cleanup_with(&args).await.unwrap();
 }

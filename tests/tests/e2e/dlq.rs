@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
-use tributary::broker::amqp;
 use tributary::broker::deadletter::DeadInfo;
 use tributary::names::Stage;
 use tributary::runtime::shutdown::CancellationToken;
@@ -40,23 +39,6 @@ async fn spawn(label: &str) -> App {
     )
     .await
     .unwrap()
-}
-
-/// Publishes a body that is not a task straight to the fetch stage: it dies as
-/// `invalid_task`, without a job id.
-async fn publish_garbage(app: &App, body: &[u8]) {
-    let conn = app.broker().await.unwrap();
-    let channel = amqp::confirm_channel(&conn).await.unwrap();
-    amqp::publish_confirmed(
-        &channel,
-        app.names.exchange(),
-        Stage::Fetch.as_str(),
-        body,
-        amqp::persistent("application/json"),
-    )
-    .await
-    .unwrap();
-    let _ = conn.close(200, "ok".into()).await;
 }
 
 /// Waits until the stage's dead-letter queue holds `n` messages.
@@ -122,7 +104,7 @@ async fn list_filters_and_keeps_every_message_in_place() {
     let job_a = app.enqueue_lines(&urls(&app, &a_paths), &[]).await.unwrap();
     let b_paths = vec!["/status/410".to_string(), "/status/500".to_string()];
     let job_b = app.enqueue_lines(&urls(&app, &b_paths), &[]).await.unwrap();
-    publish_garbage(&app, b"not a task").await;
+    app.publish_raw(Stage::Fetch, b"not a task").await.unwrap();
     assert_eq!(app.wait_done(job_a, LIMIT).await.unwrap().dead, 5);
     assert_eq!(app.wait_done(job_b, LIMIT).await.unwrap().dead, 2);
     wait_dead(&app, Stage::Fetch, 6).await;
@@ -134,16 +116,7 @@ async fn list_filters_and_keeps_every_message_in_place() {
 
     let all = dlq(&app, &["list"]).await;
     assert_eq!(all.len(), 8, "{all:#?}");
-    for line in &all {
-        let fields: Vec<&str> = line
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(fields.len(), FIELDS.len(), "{line}");
-        assert!(FIELDS.iter().all(|f| fields.contains(f)), "{line}");
-    }
+    assert_fields(&all);
     // Stage by stage, in queue order.
     let stages: Vec<&str> = all.iter().map(|l| l["stage"].as_str().unwrap()).collect();
     assert_eq!(stages, [vec!["fetch"; 6], vec!["process"; 2]].concat());
@@ -162,23 +135,7 @@ async fn list_filters_and_keeps_every_message_in_place() {
         assert!(line["url"].as_str().unwrap().contains("/text/"));
     }
 
-    let b = dlq(&app, &["list", "--job-id", &job_b.to_string()]).await;
-    assert_eq!(b.len(), 2);
-    let mut statuses: Vec<u64> = b.iter().map(|l| l["status"].as_u64().unwrap()).collect();
-    statuses.sort();
-    assert_eq!(statuses, [410, 500]);
-    for line in &b {
-        assert_eq!(line["job_id"], job_b.to_string());
-        assert_eq!(line["error"], "http_status");
-        assert_eq!(line["attempts"], 1);
-        assert!(
-            line["reason"]
-                .as_str()
-                .unwrap()
-                .starts_with("origin answered")
-        );
-        assert!(line["failed_at"].as_str().unwrap().ends_with('Z'));
-    }
+    job_b_lists_its_http_failures(&app, job_b).await;
 
     let garbage = dlq(&app, &["list", "--error", "invalid_task"]).await;
     assert_eq!(garbage.len(), 1);
@@ -226,7 +183,7 @@ async fn replay_brings_matching_dead_letters_back_to_their_stage() {
     // Job B: dies for good, in the fetch and in the process stage.
     let b_paths = vec!["/status/404".to_string(), "/text/5.txt".to_string()];
     let job_b = app.enqueue_lines(&urls(&app, &b_paths), &[]).await.unwrap();
-    publish_garbage(&app, b"garbage one").await;
+    app.publish_raw(Stage::Fetch, b"garbage one").await.unwrap();
 
     let status = app.wait_done(job_a, LIMIT).await.unwrap();
     assert_eq!((status.aggregated, status.dead), (3, 2), "{status:?}");
@@ -319,7 +276,7 @@ async fn purge_deletes_only_what_matches() {
         "/text/1.txt".to_string(),
     ];
     let job_b = app.enqueue_lines(&urls(&app, &b_paths), &[]).await.unwrap();
-    publish_garbage(&app, b"garbage").await;
+    app.publish_raw(Stage::Fetch, b"garbage").await.unwrap();
     app.wait_done(job_a, LIMIT).await.unwrap();
     app.wait_done(job_b, LIMIT).await.unwrap();
     wait_dead(&app, Stage::Fetch, 6).await;
@@ -391,4 +348,39 @@ fn dlq_usage_errors_are_clap_errors() {
     assert!(parse(&["replay", "--limit", "3"]).is_err());
     assert!(parse(&["purge", "--dry-run"]).is_err());
     assert!(parse(&["wipe"]).is_err());
+}
+
+/// Every line has exactly the documented fields.
+fn assert_fields(all: &[Value]) {
+    for line in all {
+        let fields: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(fields.len(), FIELDS.len(), "{line}");
+        assert!(FIELDS.iter().all(|f| fields.contains(f)), "{line}");
+    }
+}
+
+/// Job B's two dead letters: its HTTP failures, with status, class, attempts and time.
+async fn job_b_lists_its_http_failures(app: &App, job_b: Uuid) {
+    let b = dlq(app, &["list", "--job-id", &job_b.to_string()]).await;
+    assert_eq!(b.len(), 2);
+    let mut statuses: Vec<u64> = b.iter().map(|l| l["status"].as_u64().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [410, 500]);
+    for line in &b {
+        assert_eq!(line["job_id"], job_b.to_string());
+        assert_eq!(line["error"], "http_status");
+        assert_eq!(line["attempts"], 1);
+        assert!(
+            line["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("origin answered")
+        );
+        assert!(line["failed_at"].as_str().unwrap().ends_with('Z'));
+    }
 }

@@ -17,7 +17,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
-use tributary_tests::procs::{Worker, bin_dir};
+use tributary_tests::procs::{Worker, bin_dir, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -111,10 +111,7 @@ async fn start_n(label: &str, n: usize, flags: &str) -> (App, Vec<Worker>) {
 
 /// Stops the fetcher processes (each must exit cleanly) and the app.
 async fn stop(app: App, fetchers: Vec<Worker>) {
-    for fetcher in fetchers {
-        let exit = fetcher.terminate(Duration::from_secs(20)).unwrap();
-        assert!(exit.success(), "{exit:?}");
-    }
+    stop_all(fetchers, Duration::from_secs(20));
     app.shutdown().await.unwrap();
 }
 

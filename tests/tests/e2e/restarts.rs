@@ -6,9 +6,10 @@
 use std::process::Command;
 use std::time::Duration;
 
+use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
 use tributary_tests::origin::OriginOptions;
-use tributary_tests::procs::Worker;
+use tributary_tests::procs::{Worker, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -78,11 +79,7 @@ async fn sigkilled_workers_lose_nothing_and_count_nothing_twice() {
         &app.results_json(job).await.unwrap(),
         &expected_aggregate(0..n),
     );
-    for worker in workers {
-        let name = worker.binary.clone();
-        let exit = worker.terminate(Duration::from_secs(30)).unwrap();
-        assert!(exit.success(), "{name} exited with {exit} after SIGTERM");
-    }
+    stop_all(workers, Duration::from_secs(30));
     app.shutdown().await.unwrap();
 }
 
@@ -227,36 +224,12 @@ async fn nothing_is_lost_through_crashes_restarts_and_replays() {
     lines.extend((0..20).map(|i| app.origin.url(&format!("/text/{i}.txt"))));
     lines.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
 
-    let conn = app.broker().await.unwrap();
-    let channel = tributary::broker::amqp::confirm_channel(&conn)
+    app.publish_raw(Stage::Fetch, b"\x00garbage, not a task")
         .await
         .unwrap();
-    tributary::broker::amqp::publish_confirmed(
-        &channel,
-        app.names.exchange(),
-        "fetch",
-        b"\x00garbage, not a task",
-        tributary::broker::amqp::persistent("application/octet-stream"),
-    )
-    .await
-    .unwrap();
-    let _ = conn.close(200, "ok".into()).await;
 
     let job = app.enqueue_lines(&lines, &[]).await.unwrap();
-    for round in 0..3 {
-        for victim in [0, 2, 3] {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            workers[victim].crash_and_restart().unwrap();
-        }
-        if round == 1 && broker_control {
-            rabbitmqctl("stop_app").expect("rabbitmqctl stop_app");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            rabbitmqctl("start_app").expect("rabbitmqctl start_app");
-        }
-    }
-    if !broker_control {
-        eprintln!("NOTE: rabbitmqctl is not usable here; the broker restart round was skipped");
-    }
+    crash_rounds(&mut workers, broker_control).await;
     let status = app.wait_done(job, LIMIT).await.unwrap();
     let total = good + missing + 40;
     assert_eq!(
@@ -266,24 +239,7 @@ async fn nothing_is_lost_through_crashes_restarts_and_replays() {
     );
 
     let job_arg = job.to_string();
-    let fetch_dead = app
-        .dlq(&["list", "--stage", "fetch", "--job-id", &job_arg])
-        .await
-        .unwrap();
-    assert_eq!(fetch_dead.len(), 120);
-    assert!(fetch_dead.iter().all(|d| d["error"] == "http_status"));
-    let process_dead = app
-        .dlq(&["list", "--stage", "process", "--job-id", &job_arg])
-        .await
-        .unwrap();
-    assert_eq!(process_dead.len(), 20);
-    let all_fetch_dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
-    let garbage: Vec<_> = all_fetch_dead
-        .iter()
-        .filter(|d| d["job_id"].is_null())
-        .collect();
-    assert_eq!(garbage.len(), 1, "{all_fetch_dead:?}");
-    assert_eq!(garbage[0]["error"], "invalid_task");
+    dead_letters_are_where_expected(&app, &job_arg).await;
 
     app.origin.publish_missing();
     let replayed = app
@@ -310,13 +266,48 @@ async fn nothing_is_lost_through_crashes_restarts_and_replays() {
         &expected_aggregate(0..good + missing),
     );
 
-    for worker in workers {
-        let name = worker.binary.clone();
-        let exit = worker.terminate(Duration::from_secs(30)).unwrap();
-        assert!(
-            exit.success(),
-            "{name} was not running or exited with {exit}"
-        );
-    }
+    stop_all(workers, Duration::from_secs(30));
     app.shutdown().await.unwrap();
+}
+
+/// Three rounds of SIGKILL-and-restart of a worker of each stage (`workers`: two fetchers,
+/// a processor, an aggregator), with a broker restart in the second when it is controllable.
+async fn crash_rounds(workers: &mut [Worker], broker_control: bool) {
+    for round in 0..3 {
+        for victim in [0, 2, 3] {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            workers[victim].crash_and_restart().unwrap();
+        }
+        if round == 1 && broker_control {
+            rabbitmqctl("stop_app").expect("rabbitmqctl stop_app");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            rabbitmqctl("start_app").expect("rabbitmqctl start_app");
+        }
+    }
+    if !broker_control {
+        eprintln!("NOTE: rabbitmqctl is not usable here; the broker restart round was skipped");
+    }
+}
+
+/// The dead letters of the acceptance job: 120 fetch failures, 20 non-JSON payloads, and the
+/// garbage message without a job.
+async fn dead_letters_are_where_expected(app: &App, job_arg: &str) {
+    let fetch_dead = app
+        .dlq(&["list", "--stage", "fetch", "--job-id", job_arg])
+        .await
+        .unwrap();
+    assert_eq!(fetch_dead.len(), 120);
+    assert!(fetch_dead.iter().all(|d| d["error"] == "http_status"));
+    let process_dead = app
+        .dlq(&["list", "--stage", "process", "--job-id", job_arg])
+        .await
+        .unwrap();
+    assert_eq!(process_dead.len(), 20);
+    let all_fetch_dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
+    let garbage: Vec<_> = all_fetch_dead
+        .iter()
+        .filter(|d| d["job_id"].is_null())
+        .collect();
+    assert_eq!(garbage.len(), 1, "{all_fetch_dead:?}");
+    assert_eq!(garbage[0]["error"], "invalid_task");
 }
