@@ -264,7 +264,9 @@ def check_compose():
             if not os.path.isfile(path):
                 error(at, f"build dockerfile {path} does not exist")
         depends = service.get("depends_on", {})
-        for dep in ("rabbitmq", "redis"):
+        # The `cluster` profile's services wait for the cluster's nodes instead
+        # (scripts/validate-deploy-cluster.py checks them).
+        for dep in () if "cluster" in service.get("profiles", []) else ("rabbitmq", "redis"):
             condition = depends.get(dep, {}).get("condition") if isinstance(depends, dict) else None
             if condition != "service_healthy":
                 error(at, f"does not wait for {dep} to be healthy (depends_on condition)")
@@ -287,15 +289,17 @@ def check_compose():
         replicas = service.get("deploy", {}).get("replicas")
         if replicas is not None and not str(replicas).isdigit():
             error(at, f"deploy.replicas {replicas!r} is not a whole number")
-    api = tributary.get("api", {})
-    api_env = api.get("environment", {})
-    if "TRIBUTARY_API_TOKEN" not in api_env:
-        error(where, "services.api gets no TRIBUTARY_API_TOKEN")
-    elif api_env["TRIBUTARY_API_TOKEN"] not in (None, ""):
-        error(where, "services.api has a literal TRIBUTARY_API_TOKEN (pass it from the environment)")
-    for port in api.get("ports", []):
-        if not str(port).startswith("127.0.0.1:"):
-            error(where, f"services.api publishes {port} beyond 127.0.0.1")
+    for name in ("api", "cluster-api"):
+        api = tributary.get(name, {})
+        api_env = api.get("environment", {})
+        if name == "api" or api:
+            if "TRIBUTARY_API_TOKEN" not in api_env:
+                error(where, f"services.{name} gets no TRIBUTARY_API_TOKEN")
+            elif api_env["TRIBUTARY_API_TOKEN"] not in (None, ""):
+                error(where, f"services.{name} has a literal TRIBUTARY_API_TOKEN (pass it from the environment)")
+        for port in api.get("ports", []):
+            if not str(port).startswith("127.0.0.1:"):
+                error(where, f"services.{name} publishes {port} beyond 127.0.0.1")
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
@@ -551,6 +555,13 @@ check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 step "compose: interpolated with nothing set (defaults only), schema and settings"
 check compose
 check-jsonschema --builtin-schema vendor.compose-spec "$tmp/compose.resolved.json"
+step "compose: profile cluster (RabbitMQ nodes + deploy/rabbitmq/cluster.conf, Redis Cluster, URL lists)"
+python3 scripts/validate-deploy-cluster.py compose "$tmp"
+if docker compose version >/dev/null 2>&1; then
+    docker compose config --quiet
+    RABBITMQ_CLUSTER_COOKIE=check docker compose --profile cluster config --quiet
+    echo "docker compose config: valid with and without the profile"
+fi
 
 step "rabbitmq: definitions (classic, quorum) and rabbitmq.conf (exact topology: cargo test --test e2e deploy::)"
 check rabbitmq
