@@ -5,7 +5,9 @@
                     deploy/rabbitmq/cluster.conf, a Redis Cluster and its init container,
                     the workers given the URL lists), from TMP/compose.resolved.json (the file
                     interpolated with defaults by validate-deploy.sh) and the raw file;
-  k8s RENDERED      the overlay deploy/k8s-cluster/ as `kubectl kustomize` renders it.
+  k8s RENDERED      the overlay deploy/k8s-cluster/ as `kubectl kustomize` renders it (its
+                    schemas are checked by validate-deploy.sh): the RabbitmqCluster, the Redis
+                    Cluster and the URL lists the Deployments get.
 
 No Docker engine and no cluster: what can only be seen by running them is checked by the
 cluster test (tests/tests/e2e/cluster.rs) on the local clusters of scripts/clusters.sh.
@@ -228,5 +230,111 @@ def check_compose(tmp):
     done()
 
 
+# ------------------------------------------------------------------------------ Kubernetes
+
+OVERLAY = "deploy/k8s-cluster"
+REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def k8s_rabbitmq(kinds):
+    """The RabbitmqCluster: an odd number of 3+ nodes, quorum queues by default. Returns the
+    DNS names of its pods (operator naming) and its default user's Secret."""
+    clusters = kinds.get("RabbitmqCluster", {})
+    if len(clusters) != 1:
+        error(OVERLAY, f"{len(clusters)} RabbitmqCluster resources, not one")
+        return [], None
+    name, spec = next((n, d["spec"]) for n, d in clusters.items())
+    replicas = spec.get("replicas", 1)
+    if replicas < 3 or replicas % 2 == 0:
+        error(f"{OVERLAY}: RabbitmqCluster/{name}", f"{replicas} replicas: not an odd number of 3 or more")
+    config = spec.get("rabbitmq", {}).get("additionalConfig", "")
+    if not re.search(r"^\s*default_queue_type\s*=\s*quorum\s*$", config, re.M):
+        error(f"{OVERLAY}: RabbitmqCluster/{name}", "additionalConfig does not set default_queue_type = quorum")
+    return [f"{name}-server-{i}.{name}-nodes" for i in range(replicas)], f"{name}-default-user"
+
+
+def k8s_redis(kinds):
+    """The Redis Cluster's StatefulSet, headless Service and create Job agree. Returns the DNS
+    names of its pods and the replicas per master."""
+    nodes = [d for d in kinds.get("StatefulSet", {}).values()
+             if "--cluster-enabled" in d["spec"]["template"]["spec"]["containers"][0].get("args", [])]
+    jobs = [d for d in kinds.get("Job", {}).values()
+            if "--cluster create" in " ".join(d["spec"]["template"]["spec"]["containers"][0].get("command", []))]
+    if len(nodes) != 1 or len(jobs) != 1:
+        error(OVERLAY, f"{len(nodes)} Redis Cluster StatefulSets and {len(jobs)} create Jobs, not one each")
+        return [], 0
+    sts, job = nodes[0], jobs[0]
+    service = kinds.get("Service", {}).get(sts["spec"]["serviceName"], {}).get("spec", {})
+    if service.get("clusterIP") != "None" or service.get("publishNotReadyAddresses") is not True:
+        error(f"{OVERLAY}: StatefulSet/{sts['metadata']['name']}", "its serviceName is not a headless Service publishing not-ready addresses")
+    names = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}" for i in range(sts["spec"]["replicas"])]
+    addresses, replicas = cluster_create(job["spec"]["template"]["spec"]["containers"][0]["command"])
+    at = f"{OVERLAY}: Job/{job['metadata']['name']}"
+    if sorted(a.rsplit(":", 1)[0] for a in addresses) != sorted(names):
+        error(at, f"creates the cluster of {addresses}, the StatefulSet runs {names}")
+    if replicas < 1 or len(addresses) % (replicas + 1) or len(addresses) // (replicas + 1) < 3:
+        error(at, f"{len(addresses)} nodes with {replicas} replicas each is not 3+ masters with a replica")
+    return names, replicas
+
+
+def k8s_env_refs(at, env):
+    """$(VAR) in an env value expands only VARs defined before it; anything else stays literal."""
+    defined = set()
+    for entry in env:
+        for ref in sorted(set(REF.findall(str(entry.get("value", ""))))):
+            if ref not in defined:
+                error(at, f"{entry['name']} refers to $({ref}), which is not defined before it")
+        defined.add(entry["name"])
+
+
+def k8s_workers(kinds, rabbitmq, secret, redis, replicas):
+    data = kinds.get("ConfigMap", {}).get("tributary", {}).get("data", {})
+    if data.get("TRIBUTARY_QUEUE_TYPE") != "quorum":
+        error(f"{OVERLAY}: ConfigMap/tributary", "TRIBUTARY_QUEUE_TYPE is not quorum")
+    if str(data.get("TRIBUTARY_REDIS_CLUSTER")).lower() not in ("true", "1"):
+        error(f"{OVERLAY}: ConfigMap/tributary", "TRIBUTARY_REDIS_CLUSTER is not true")
+    wait = str(data.get("TRIBUTARY_REDIS_WAIT_REPLICAS", "0"))
+    if not wait.isdigit() or not 1 <= int(wait) <= replicas:
+        error(f"{OVERLAY}: ConfigMap/tributary", f"TRIBUTARY_REDIS_WAIT_REPLICAS {wait} is not 1..{replicas}")
+    secrets = {secret, "tributary", "tributary-redis"}
+    for name, deployment in kinds.get("Deployment", {}).items():
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            at = f"{OVERLAY}: Deployment/{name} container {c['name']}"
+            env = c.get("env", [])
+            values = {e["name"]: e.get("value") for e in env}
+            k8s_env_refs(at, env)
+            for e in env:
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] not in secrets:
+                    error(at, f"{e['name']} refers to secret {ref['name']}, not one of {sorted(secrets)}")
+            for key in ("AMQP_URL", "REDIS_URL"):
+                for url in str(values.get(key) or "").split(","):
+                    password = urlsplit(url).password
+                    if password and not REF.fullmatch(password):
+                        error(at, f"{key} holds a literal password: take it from a Secret, $(VAR)")
+            amqp = url_hosts(at, values.get("AMQP_URL"), ("amqp", "amqps"))
+            if sorted(amqp) != sorted(rabbitmq):
+                error(at, f"AMQP_URL names {amqp}, not every RabbitMQ pod {rabbitmq}")
+            seeds = url_hosts(at, values.get("REDIS_URL"), ("redis", "rediss"))
+            if not seeds or not set(seeds) <= set(redis):
+                error(at, f"REDIS_URL seeds {seeds} are not Redis Cluster pods {redis}")
+
+
+def check_k8s(rendered):
+    with open(rendered) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    kinds = {}
+    for doc in docs:
+        kinds.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    rabbitmq, secret = k8s_rabbitmq(kinds)
+    redis, replicas = k8s_redis(kinds)
+    done()
+    if "Deployment" in kinds:
+        k8s_workers(kinds, rabbitmq, secret, redis, replicas)
+    else:
+        print("  note: not rendered (no kubectl): the Deployments' URL lists are not checked")
+    done()
+
+
 if __name__ == "__main__":
-    {"compose": check_compose}[sys.argv[1]](sys.argv[2])
+    {"compose": check_compose, "k8s": check_k8s}[sys.argv[1]](sys.argv[2])
