@@ -264,7 +264,9 @@ def check_compose():
             if not os.path.isfile(path):
                 error(at, f"build dockerfile {path} does not exist")
         depends = service.get("depends_on", {})
-        for dep in ("rabbitmq", "redis"):
+        # The `cluster` profile's services wait for the cluster's nodes instead
+        # (scripts/validate-deploy-cluster.py checks them).
+        for dep in () if "cluster" in service.get("profiles", []) else ("rabbitmq", "redis"):
             condition = depends.get(dep, {}).get("condition") if isinstance(depends, dict) else None
             if condition != "service_healthy":
                 error(at, f"does not wait for {dep} to be healthy (depends_on condition)")
@@ -287,15 +289,17 @@ def check_compose():
         replicas = service.get("deploy", {}).get("replicas")
         if replicas is not None and not str(replicas).isdigit():
             error(at, f"deploy.replicas {replicas!r} is not a whole number")
-    api = tributary.get("api", {})
-    api_env = api.get("environment", {})
-    if "TRIBUTARY_API_TOKEN" not in api_env:
-        error(where, "services.api gets no TRIBUTARY_API_TOKEN")
-    elif api_env["TRIBUTARY_API_TOKEN"] not in (None, ""):
-        error(where, "services.api has a literal TRIBUTARY_API_TOKEN (pass it from the environment)")
-    for port in api.get("ports", []):
-        if not str(port).startswith("127.0.0.1:"):
-            error(where, f"services.api publishes {port} beyond 127.0.0.1")
+    for name in ("api", "cluster-api"):
+        api = tributary.get(name, {})
+        api_env = api.get("environment", {})
+        if name == "api" or api:
+            if "TRIBUTARY_API_TOKEN" not in api_env:
+                error(where, f"services.{name} gets no TRIBUTARY_API_TOKEN")
+            elif api_env["TRIBUTARY_API_TOKEN"] not in (None, ""):
+                error(where, f"services.{name} has a literal TRIBUTARY_API_TOKEN (pass it from the environment)")
+        for port in api.get("ports", []):
+            if not str(port).startswith("127.0.0.1:"):
+                error(where, f"services.{name} publishes {port} beyond 127.0.0.1")
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
@@ -345,6 +349,7 @@ KEDA_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "deploy/schemas/keda/scaledobject.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "deploy/schemas/keda/triggerauthentication.json",
 }
+CRD_SCHEMAS = {**KEDA_SCHEMAS, ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "deploy/schemas/rabbitmq/rabbitmqcluster.json"}
 
 
 def kustomization():
@@ -392,8 +397,8 @@ def validate_documents(docs, versions):
     for where, doc in docs:
         key = (doc.get("apiVersion"), doc.get("kind"))
         name = f"{where}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-        if key in KEDA_SCHEMAS:
-            with open(KEDA_SCHEMAS[key]) as f:
+        if key in CRD_SCHEMAS:
+            with open(CRD_SCHEMAS[key]) as f:
                 schema = json.load(f)
             for e in jsonschema.Draft7Validator(schema).iter_errors(doc):
                 error(name, f"{'.'.join(map(str, e.absolute_path))}: {e.message}")
@@ -414,6 +419,19 @@ def check_k8s_schemas():
     rendered = os.path.join(TMP, "rendered.yaml")
     if os.path.exists(rendered):
         validate_documents([("kustomize build", d) for d in load_yaml_docs(rendered)], versions)
+    done()
+
+
+def check_k8s_cluster_schemas():
+    """The overlay as kubectl rendered it, else its own files (no base, no patches)."""
+    rendered = os.path.join(TMP, "cluster.yaml")
+    if not os.path.exists(rendered):
+        print("  note: kubectl not installed: the overlay's own files only (no base, no patches)")
+        own = [r for r in yaml.safe_load(open("deploy/k8s-cluster/kustomization.yaml"))["resources"] if r.endswith(".yaml")]
+        with open(rendered, "w") as f:
+            f.write("".join(f"---\n{open(os.path.join('deploy/k8s-cluster', r)).read()}" for r in own))
+    validate_documents([("deploy/k8s-cluster", d) for d in load_yaml_docs(rendered)],
+                       os.environ.get("K8S_VERSIONS", "1.29.0 1.37.0").split())
     done()
 
 
@@ -537,6 +555,7 @@ CHECKS = {
     "kustomization": check_kustomization,
     "k8s-schemas": check_k8s_schemas,
     "k8s-references": check_k8s_references,
+    "k8s-cluster-schemas": check_k8s_cluster_schemas,
 }
 CHECKS[sys.argv[1]]()
 PY
@@ -551,6 +570,13 @@ check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 step "compose: interpolated with nothing set (defaults only), schema and settings"
 check compose
 check-jsonschema --builtin-schema vendor.compose-spec "$tmp/compose.resolved.json"
+step "compose: profile cluster (RabbitMQ nodes + deploy/rabbitmq/cluster.conf, Redis Cluster, URL lists)"
+python3 scripts/validate-deploy-cluster.py compose "$tmp"
+if docker compose version >/dev/null 2>&1; then
+    docker compose config --quiet
+    RABBITMQ_CLUSTER_COOKIE=check docker compose --profile cluster config --quiet
+    echo "docker compose config: valid with and without the profile"
+fi
 
 step "rabbitmq: definitions (classic, quorum) and rabbitmq.conf (exact topology: cargo test --test e2e deploy::)"
 check rabbitmq
@@ -574,5 +600,13 @@ K8S_VERSIONS="$K8S_VERSIONS" check k8s-schemas
 
 step "k8s: references, probes, security context, resources, KEDA queues"
 check k8s-references
+
+step "k8s: overlay deploy/k8s-cluster (RabbitmqCluster against deploy/schemas/rabbitmq, Redis Cluster, URL lists)"
+if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+    kubectl kustomize deploy/k8s-cluster >"$tmp/cluster.yaml" || fail "kubectl kustomize deploy/k8s-cluster failed"
+fi
+check-jsonschema --check-metaschema deploy/schemas/rabbitmq/*.json
+check k8s-cluster-schemas
+python3 scripts/validate-deploy-cluster.py k8s "$tmp/cluster.yaml"
 
 echo "validate-deploy: all deploy files valid"

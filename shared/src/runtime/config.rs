@@ -19,7 +19,7 @@ pub struct ConnectionArgs {
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        value_parser = UrlList::amqp,
+        value_parser = UrlListParser(UrlList::amqp),
         global = true
     )]
     pub amqp_url: UrlList,
@@ -30,12 +30,13 @@ pub struct ConnectionArgs {
         long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/",
-        value_parser = UrlList::redis,
+        value_parser = UrlListParser(UrlList::redis),
         global = true
     )]
     pub redis_url: UrlList,
 
-    /// Treat the --redis-url nodes as a Redis Cluster without asking them.
+    /// Treat the --redis-url nodes as a Redis Cluster even when they cannot tell (`INFO`
+    /// refused or unanswered); a node that says it is not a cluster node is still an error.
     #[arg(long, env = "TRIBUTARY_REDIS_CLUSTER", global = true)]
     pub redis_cluster: bool,
 
@@ -155,9 +156,10 @@ impl UrlList {
         if urls.is_empty() {
             return Err("no URL given".into());
         }
-        for raw in &urls {
+        for (i, raw) in urls.iter().enumerate() {
+            // By position: a URL that does not parse cannot be shown with its password hidden.
             let url = url::Url::parse(raw)
-                .map_err(|e| format!("{:?} is not a URL ({e})", redact_url(raw)))?;
+                .map_err(|e| format!("item {} of {} is not a URL ({e})", i + 1, urls.len()))?;
             if !schemes.contains(&url.scheme()) || url.host_str().is_none_or(str::is_empty) {
                 return Err(format!(
                     "{}: the scheme must be {}, with a host",
@@ -186,6 +188,39 @@ impl UrlList {
     /// Redis URLs (the `--redis-url` parser).
     pub fn redis(raw: &str) -> Result<Self, String> {
         Self::parse(raw, &["redis", "rediss"])
+    }
+}
+
+/// The clap parser of the URL list flags: [`UrlList::amqp`] or [`UrlList::redis`], with an
+/// error that names the flag and never echoes the value (clap's own message for a failed
+/// `value_parser` quotes it whole, passwords included).
+#[derive(Clone, Copy)]
+pub struct UrlListParser(pub fn(&str) -> Result<UrlList, String>);
+
+impl clap::builder::TypedValueParser for UrlListParser {
+    type Value = UrlList;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<UrlList, clap::Error> {
+        let flag = match arg.map(|a| (a.get_long(), a.get_env())) {
+            Some((Some(long), Some(env))) => format!("--{long} / {}", env.to_string_lossy()),
+            Some((Some(long), None)) => format!("--{long}"),
+            _ => "a URL list".to_string(),
+        };
+        let parsed = match value.to_str() {
+            Some(raw) => (self.0)(raw),
+            None => Err("not UTF-8".to_string()),
+        };
+        parsed.map_err(|e| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{flag}: {e}\n"),
+            )
+        })
     }
 }
 

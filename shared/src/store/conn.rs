@@ -291,7 +291,7 @@ async fn cluster_text(c: &mut ClusterConnection, subcommand: &str) -> Result<Str
 /// replicas `--redis-wait-replicas` asks for.
 pub async fn open(args: &ConnectionArgs) -> Result<RedisConn, StoreError> {
     let urls = args.redis_url.urls();
-    let cluster = args.redis_cluster || detect_cluster(urls).await?;
+    let cluster = detect_cluster(urls, args.redis_cluster).await?;
     let conn = if cluster {
         open_cluster(urls).await?
     } else {
@@ -347,8 +347,10 @@ async fn open_cluster(urls: &[String]) -> Result<RedisConn, StoreError> {
 }
 
 /// Asks each seed node whether it runs in cluster mode (`INFO cluster`); nodes that do not
-/// answer are skipped. A list that mixes cluster and non-cluster nodes is an error.
-async fn detect_cluster(urls: &[String]) -> Result<bool, StoreError> {
+/// answer (down, or `INFO` refused) are skipped. A list that mixes cluster and non-cluster
+/// nodes is an error, and so is a non-cluster node with `--redis-cluster` (`forced`), which
+/// otherwise only decides for nodes that cannot tell.
+async fn detect_cluster(urls: &[String], forced: bool) -> Result<bool, StoreError> {
     let mut cluster = Vec::new();
     let mut single = Vec::new();
     let mut last_error = None;
@@ -360,6 +362,12 @@ async fn detect_cluster(urls: &[String]) -> Result<bool, StoreError> {
         }
     }
     match (cluster.is_empty(), single.is_empty()) {
+        (_, false) if forced => Err(StoreError::Config(format!(
+            "--redis-cluster, but {} {} not a cluster node (cluster_enabled:0)",
+            single.join(","),
+            if single.len() == 1 { "is" } else { "are" }
+        ))),
+        (true, true) if forced => Ok(true),
         (false, false) => Err(StoreError::Config(format!(
             "the Redis URLs mix cluster nodes ({}) and non-cluster nodes ({})",
             cluster.join(","),

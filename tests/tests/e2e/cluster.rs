@@ -3,6 +3,10 @@
 //! node first in every list is stopped and after the Redis master owning the job's slot was
 //! SIGKILLed. The clusters are the local ones of `scripts/clusters.sh` (started here if
 //! needed, ~30 s); the test stops and kills their nodes, so it runs in the serial step.
+//!
+//! Also the bad input of a cluster setup, refused at start with one line (exit 2 for a URL
+//! that does not parse, 1 for a Redis that does not fit): those tests run redis-servers of
+//! their own on free ports, or only read the local clusters.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +20,8 @@ use tributary_tests::origin::{Origin, OriginOptions};
 use tributary_tests::procs::{Worker, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;
+
+use crate::metrics::free_port;
 
 const URLS: u64 = 20_000;
 
@@ -159,4 +165,207 @@ async fn a_job_finishes_while_a_broker_node_is_down_and_after_a_redis_failover()
     assert_eq!(store.status(job).await.unwrap().unwrap(), done);
     stop_all(workers.drain(..), Duration::from_secs(40));
     cleanup_with(&args).await.unwrap();
+}
+
+/// `redis-cli -p PORT ARGS...`: its output, or `None` while the server does not answer.
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success() && !text.starts_with("Could not connect")).then_some(text)
+}
+
+/// A redis-server of the test's own on a free port, without persistence; killed on drop.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    /// Starts one with `extra` settings (`--cluster-enabled yes`, `--replicaof ...`) and
+    /// waits until it answers `PING`.
+    fn start(extra: &[&str]) -> OwnRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (the redis-server package) runs");
+        let redis = OwnRedis {
+            port,
+            child,
+            _dir: dir,
+        };
+        redis.wait_for(&["ping"], "PONG");
+        redis
+    }
+
+    /// A cluster-enabled node (no slots: enough for `INFO cluster`).
+    fn cluster_node() -> OwnRedis {
+        let bus = free_port().to_string();
+        OwnRedis::start(&["--cluster-enabled", "yes", "--cluster-port", &bus])
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Polls `redis-cli ARGS` until its output contains `wanted` (a minute at most).
+    fn wait_for(&self, args: &[&str], wanted: &str) {
+        for _ in 0..600 {
+            if redis_cli(self.port, args).is_some_and(|out| out.contains(wanted)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "redis on {}: `{}` never said {wanted}",
+            self.port,
+            args.join(" ")
+        );
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a built binary until it exits (it must refuse at start, not retry: killed and
+/// failed after a minute); its exit code and its `error:` line, the only one it printed.
+fn refused(binary: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let path = tributary_tests::procs::bin_dir().unwrap().join(binary);
+    let mut child = std::process::Command::new(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn,lapin=off,redis=error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} (cargo build --workspace --bins): {e}", path.display()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{binary} {args:?} is still running: it must refuse the input at start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{binary}: not one error line: {stderr:?}");
+    assert!(!stderr.contains("panicked"), "{binary} panicked: {stderr}");
+    (status.code().expect("exited"), errors[0].to_string())
+}
+
+/// `producer status` of no job: enough for the producer to connect to Redis.
+const STATUS: [&str; 2] = ["status", "00000000-0000-0000-0000-000000000000"];
+
+#[test]
+fn an_unparsable_url_in_a_list_is_a_usage_error_that_shows_no_password() {
+    let amqp = "amqp://guest:s3cret@127.0.0.1:5672/%2f,amqp://guest:s3cret@[::1";
+    for binary in ["fetcher-worker", "processor-worker", "aggregator"] {
+        let (code, line) = refused(binary, &["--amqp-url", amqp], &[]);
+        assert_eq!(code, 2, "{binary}: {line}");
+        assert!(
+            line.starts_with("error: --amqp-url / AMQP_URL: item 2 of 2 is not a URL"),
+            "{binary}: {line}"
+        );
+        assert!(
+            !line.contains("s3cret"),
+            "{binary} shows the password: {line}"
+        );
+    }
+    let redis = "redis://:s3cret@127.0.0.1:6379/,redis//:s3cret@127.0.0.1:7000/";
+    let (code, line) = refused("producer", &STATUS, &[("REDIS_URL", redis)]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("error: --redis-url / REDIS_URL: item 2 of 2 is not a URL"),
+        "{line}"
+    );
+    assert!(!line.contains("s3cret"), "shows the password: {line}");
+}
+
+#[test]
+fn a_redis_list_mixing_cluster_and_single_nodes_is_refused_at_start() {
+    let single = OwnRedis::start(&[]);
+    let node = OwnRedis::cluster_node();
+    let list = format!("{},{}", single.url(), node.url());
+    let mixed = format!(
+        "error: redis: the Redis URLs mix cluster nodes ({}) and non-cluster nodes ({})",
+        node.url(),
+        single.url()
+    );
+    for binary in ["fetcher-worker", "aggregator"] {
+        assert_eq!(
+            refused(binary, &["--redis-url", &list], &[]),
+            (1, mixed.clone())
+        );
+    }
+    let with_status =
+        |extra: &[&'static str]| [&["--redis-url", list.as_str()], extra, &STATUS].concat();
+    assert_eq!(refused("producer", &with_status(&[]), &[]), (1, mixed));
+    // --redis-cluster decides for nodes that cannot tell, not against one that can.
+    assert_eq!(
+        refused("producer", &with_status(&["--redis-cluster"]), &[]),
+        (
+            1,
+            format!(
+                "error: redis: --redis-cluster, but {} is not a cluster node (cluster_enabled:0)",
+                single.url()
+            )
+        )
+    );
+}
+
+#[test]
+fn waiting_for_more_replicas_than_attached_is_refused_at_start() {
+    let master = OwnRedis::start(&[]);
+    let port = master.port.to_string();
+    let _replica = OwnRedis::start(&["--replicaof", "127.0.0.1", &port]);
+    master.wait_for(&["info", "replication"], "connected_slaves:1");
+    let url = master.url();
+    let wanted = format!("error: redis: --redis-wait-replicas 2: only 1 replica attached to {url}");
+    let args = ["--redis-url", &url, "--redis-wait-replicas", "2"];
+    assert_eq!(refused("fetcher-worker", &args, &[]), (1, wanted.clone()));
+    assert_eq!(
+        refused("producer", &[&args[..], &STATUS].concat(), &[]),
+        (1, wanted)
+    );
+    // One replica is what there is: the check passes and the producer gets to the job.
+    let one = ["--redis-url", &url, "--redis-wait-replicas", "1"];
+    let (code, line) = refused("producer", &[&one[..], &STATUS].concat(), &[]);
+    assert_eq!(code, 1);
+    assert!(line.contains("unknown job"), "{line}");
+}
+
+#[test]
+#[ignore = "reads the local Redis Cluster of scripts/clusters.sh (started if needed); serial step"]
+fn waiting_for_more_replicas_than_a_cluster_master_has_is_refused_at_start() {
+    let clusters = Clusters::up().unwrap();
+    let args = [
+        "--redis-url",
+        &clusters.redis_urls,
+        "--redis-wait-replicas",
+        "2",
+    ];
+    let (code, line) = refused("aggregator", &args, &[]);
+    assert_eq!(code, 1, "{line}");
+    let prefix = "error: redis: --redis-wait-replicas 2: only 1 replica attached to 127.0.0.1:";
+    assert!(line.starts_with(prefix), "{line}");
 }

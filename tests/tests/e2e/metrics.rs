@@ -5,7 +5,7 @@ use std::time::Duration;
 use tributary_tests::app::{App, AppOptions};
 
 /// A free local port (bound and released; good enough for a test).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
