@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Offline checks of the deploy files: docker-compose.yml, deploy/Dockerfile (+ .dockerignore),
-# deploy/rabbitmq/ and the Kubernetes base deploy/k8s/. No network, no Docker engine, no
-# cluster: schemas come from pip packages (check-jsonschema ships the Compose Specification
-# schema, kubernetes-validate the Kubernetes OpenAPI schemas, dockerfile BuildKit's parser)
-# and from deploy/schemas/keda/ (KEDA's CRDs). Exits non-zero on the first invalid file.
+# Offline checks of the deploy files: docker-compose.yml (with its `cluster` profile),
+# deploy/Dockerfile (+ .dockerignore), deploy/rabbitmq/, the Kubernetes base deploy/k8s/ and
+# the overlay deploy/k8s-cluster/. No network, no Docker engine, no cluster: schemas come
+# from pip packages (check-jsonschema ships the Compose Specification schema,
+# kubernetes-validate the Kubernetes OpenAPI schemas, dockerfile BuildKit's parser) and from
+# deploy/schemas/ (KEDA's CRDs, the RabbitMQ operator's RabbitmqCluster); the cluster shape's
+# cross-checks are in scripts/validate-deploy-cluster.py. Exits non-zero on the first
+# invalid file.
 #
 #   python3 -m pip install check-jsonschema kubernetes-validate dockerfile   # once (.ci/run)
 #   scripts/validate-deploy.sh
