@@ -19,7 +19,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "test-token-0123456789";
 
 /// A running `producer serve`.
-struct Server {
+pub(crate) struct Server {
     base: String,
     client: reqwest::Client,
     stop: CancellationToken,
@@ -28,7 +28,7 @@ struct Server {
 
 impl Server {
     /// Starts the API for the app's namespace with a token and `extra` serve flags.
-    async fn start(app: &App, extra: &[&str]) -> Server {
+    pub(crate) async fn start(app: &App, extra: &[&str]) -> Server {
         Self::start_with(&connection_flags(&app.namespace), extra).await
     }
 
@@ -60,11 +60,11 @@ impl Server {
     }
 
     /// A request with the token.
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.anonymous(method, path).bearer_auth(TOKEN)
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
         send(self.request(Method::GET, path)).await
     }
 
@@ -87,7 +87,7 @@ impl Server {
         .await
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
@@ -98,7 +98,7 @@ impl Server {
 }
 
 /// Sends and parses the JSON answer (`Null` for an empty body).
-async fn send(request: RequestBuilder) -> (StatusCode, Value) {
+pub(crate) async fn send(request: RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.expect("the server answers");
     let status = response.status();
     let bytes = response.bytes().await.expect("a body");
@@ -111,7 +111,7 @@ async fn send(request: RequestBuilder) -> (StatusCode, Value) {
     (status, value)
 }
 
-fn assert_error(answer: &(StatusCode, Value), status: StatusCode, error: &str) {
+pub(crate) fn assert_error(answer: &(StatusCode, Value), status: StatusCode, error: &str) {
     assert_eq!(answer.0, status, "{}", answer.1);
     assert_eq!(answer.1["error"], error, "{}", answer.1);
     assert!(answer.1["detail"].is_string(), "{}", answer.1);
