@@ -1,11 +1,17 @@
 //! Publishing one input exactly once: each NDJSON message's tasks are registered in the job
 //! (idempotent; the total counts distinct tasks) before the message is published, confirms
 //! are awaited in a window, and the input's checkpoint (the first line not yet confirmed)
-//! rides on the next registration. The last call seals the input. A run that starts from a
+//! rides on the next registration. The last call seals the input. Up to
+//! [`REGISTER_AHEAD`] registrations are in flight at once (Redis runs them in order); a
+//! message is published only once its own registration has returned. A run that starts from a
 //! checkpoint skips the confirmed lines and republishes at most the unconfirmed window,
 //! whose tasks keep their ids (see [`crate::identity`]) and are not counted again.
 
 use std::collections::VecDeque;
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 
 use anyhow::Context as _;
 use indicatif::ProgressBar;
@@ -15,7 +21,7 @@ use tributary::broker::amqp::{self, HeadersExt, PublisherConfirm, header};
 use tributary::message::{CONTENT_TYPE_TASKS, Task, encode_tasks, now_ms};
 use tributary::names::Stage;
 use tributary::runtime::trace::TraceParent;
-use tributary::store::{Checkpoint, InputRef, Registration, Store};
+use tributary::store::{Checkpoint, InputRef, Registration, Store, StoreError};
 use uuid::Uuid;
 
 use crate::config::PublishArgs;
@@ -110,8 +116,14 @@ pub async fn publish(
     Ok(run.done)
 }
 
+/// Registrations in flight before the oldest one's message must be published.
+pub const REGISTER_AHEAD: usize = 8;
+
 /// A message awaiting its confirm: the confirm, its tasks, and the line after its last.
 type Pending = (PublisherConfirm, u64, u64);
+
+/// A message whose tasks are being registered: its body, tasks, the line after its last.
+type Registering = BoxFuture<'static, (Result<u64, StoreError>, Vec<u8>, u64, u64)>;
 
 /// The state of one publishing run.
 struct Run<'a> {
@@ -121,6 +133,7 @@ struct Run<'a> {
     batch_size: usize,
     window: usize,
     pending: VecDeque<Pending>,
+    registering: FuturesOrdered<Registering>,
     /// Every line before this one is confirmed.
     confirmed: u64,
     confirmed_tasks: u64,
@@ -140,6 +153,7 @@ impl<'a> Run<'a> {
             batch_size,
             window: args.confirm_window.max(1),
             pending: VecDeque::new(),
+            registering: FuturesOrdered::new(),
             confirmed: resume.checkpoint.confirmed,
             confirmed_tasks: 0,
             batch: Vec::with_capacity(batch_size),
@@ -181,6 +195,9 @@ impl<'a> Run<'a> {
             }
         }
         self.flush(lines).await?;
+        while !self.registering.is_empty() {
+            self.publish_next().await?;
+        }
         while !self.pending.is_empty() {
             self.confirm_one().await?;
         }
@@ -197,17 +214,33 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Registers and publishes the batch, which ends before line `end`.
+    /// Starts registering the batch, which ends before line `end`; publishes the oldest
+    /// registered message when [`REGISTER_AHEAD`] are in flight.
     async fn flush(&mut self, end: u64) -> anyhow::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.target
-            .store
-            .register(self.at, &self.registration, self.confirmed, false)
-            .await
-            .context("cannot register tasks in the job")?;
         let body = encode_tasks(self.batch.iter());
+        let tasks = self.batch.len() as u64;
+        let registration = std::mem::take(&mut self.registration);
+        let (store, at, confirmed) = (self.target.store.clone(), self.at, self.confirmed);
+        self.registering.push_back(Box::pin(async move {
+            let new = store.register(at, &registration, confirmed, false).await;
+            (new, body, tasks, end)
+        }));
+        self.batch.clear();
+        while self.registering.len() >= REGISTER_AHEAD {
+            self.publish_next().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest registration, then publishes its message.
+    async fn publish_next(&mut self) -> anyhow::Result<()> {
+        let Some((registered, body, tasks, end)) = self.registering.next().await else {
+            return Ok(());
+        };
+        registered.context("cannot register tasks in the job")?;
         let mut headers = FieldTable::default();
         headers.set_u64(header::ENQUEUED_MS, now_ms());
         headers.set_str(header::TRACEPARENT, &self.trace.child().to_string());
@@ -216,11 +249,8 @@ impl<'a> Run<'a> {
             channel, exchange, ..
         } = self.target;
         let confirm = amqp::publish(channel, exchange, Stage::Fetch.as_str(), &body, props).await?;
-        let tasks = self.batch.len() as u64;
         self.pending.push_back((confirm, tasks, end));
         self.done.published += tasks;
-        self.batch.clear();
-        self.registration.clear();
         while self.pending.len() > self.window {
             self.confirm_one().await?;
         }

@@ -61,11 +61,6 @@ impl Registration {
     pub fn is_empty(&self) -> bool {
         self.positions.is_empty() && self.explicit.is_empty()
     }
-
-    pub fn clear(&mut self) {
-        self.positions.clear();
-        self.explicit.clear();
-    }
 }
 
 /// One input of one job.
