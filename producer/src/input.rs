@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 use tributary::message::{Task, VERSION};
+
+use crate::identity::{Identify, InputIdentity};
 use uuid::Uuid;
 
 /// A task line as the producer accepts it.
@@ -34,8 +36,9 @@ struct InputTask {
 }
 
 /// Parses one line: `Ok(None)` for blank lines and comments, `Err(reason)` for a line that is
-/// neither a valid URL nor a valid task.
-pub fn parse_line(line: &str, job: Uuid) -> Result<Option<Task>, String> {
+/// neither a valid URL nor a valid task. The task's id is `id` unless a task object gives
+/// one (see [`crate::identity`]).
+pub fn parse_line(line: &str, job: Uuid, id: Uuid) -> Result<Option<Task>, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
@@ -58,13 +61,13 @@ pub fn parse_line(line: &str, job: Uuid) -> Result<Option<Task>, String> {
         Task {
             v: VERSION,
             job_id: job,
-            task_id: input.task_id.unwrap_or_else(Uuid::new_v4),
+            task_id: input.task_id.filter(|t| !t.is_nil()).unwrap_or(id),
             url: input.url,
             headers: input.headers,
             meta: input.meta,
         }
     } else {
-        Task::new(job, line.to_string())
+        Task::new(job, line.to_string()).with_id(id)
     };
     task.validate().map_err(|f| f.reason)?;
     Ok(Some(task))
@@ -82,17 +85,22 @@ pub enum Format {
 }
 
 /// Parses one line of a source in `format` (see [`parse_line`] for the results).
-pub fn parse_entry(format: Format, line: &str, job: Uuid) -> Result<Option<Task>, String> {
+pub fn parse_entry(
+    format: Format,
+    line: &str,
+    job: Uuid,
+    id: Uuid,
+) -> Result<Option<Task>, String> {
     match format {
-        Format::Lines => parse_line(line, job),
+        Format::Lines => parse_line(line, job, id),
         Format::JsonUrls => {
             let url: String =
                 serde_json::from_str(line).map_err(|_| "not a URL string".to_string())?;
-            let task = Task::new(job, url.trim().to_string());
+            let task = Task::new(job, url.trim().to_string()).with_id(id);
             task.validate().map_err(|f| f.reason)?;
             Ok(Some(task))
         }
-        Format::JsonTasks if line.trim_start().starts_with('{') => parse_line(line, job),
+        Format::JsonTasks if line.trim_start().starts_with('{') => parse_line(line, job, id),
         Format::JsonTasks => Err("not a task object".into()),
     }
 }
@@ -146,9 +154,9 @@ impl Source {
         }
     }
 
-    /// Parses one line of this source.
-    pub fn parse(&self, line: &str, job: Uuid) -> Result<Option<Task>, String> {
-        parse_entry(self.format(), line, job)
+    /// Parses one line of this source (`id` as in [`parse_line`]).
+    pub fn parse(&self, line: &str, job: Uuid, id: Uuid) -> Result<Option<Task>, String> {
+        parse_entry(self.format(), line, job, id)
     }
 
     /// The lines, streaming (numbered from 1 by the caller's `enumerate() + 1`).
@@ -198,16 +206,22 @@ pub struct Scan {
     pub valid: u64,
     pub invalid: Vec<(usize, String)>,
     pub invalid_count: u64,
+    /// The input's id and fingerprint (`None` without any entry).
+    pub identity: Option<InputIdentity>,
+    /// Hex SHA-256 of every line (an HTTP request's identity).
+    pub digest: String,
 }
 
 /// Most invalid lines reported one by one.
 pub const MAX_REPORTED: usize = 20;
 
-/// Validates every line without keeping any.
+/// Validates every line without keeping any, and identifies the input.
 pub fn scan(source: &Source, job: Uuid) -> anyhow::Result<Scan> {
     let mut scan = Scan::default();
+    let mut identify = Identify::default();
     source.for_each_line(|n, line| {
-        match source.parse(line, job) {
+        identify.line(line);
+        match source.parse(line, job, Uuid::nil()) {
             Ok(Some(_)) => scan.valid += 1,
             Ok(None) => {}
             Err(reason) => {
@@ -219,6 +233,7 @@ pub fn scan(source: &Source, job: Uuid) -> anyhow::Result<Scan> {
         }
         Ok(())
     })?;
+    (scan.identity, scan.digest) = identify.finish();
     Ok(scan)
 }
 
@@ -226,26 +241,29 @@ pub fn scan(source: &Source, job: Uuid) -> anyhow::Result<Scan> {
 mod tests {
     use super::*;
 
+    const ID: Uuid = Uuid::from_u128(7);
+
     fn job() -> Uuid {
         Uuid::parse_str("6f1c1b7e-4a55-4d0e-9a3c-0a8a3f3f2b10").unwrap()
     }
 
     #[test]
     fn urls_comments_and_blanks() {
-        assert_eq!(parse_line("", job()), Ok(None));
-        assert_eq!(parse_line("   # comment", job()), Ok(None));
-        let t = parse_line("  https://api.example.com/q/AAPL  ", job())
+        assert_eq!(parse_line("", job(), ID), Ok(None));
+        assert_eq!(parse_line("   # comment", job(), ID), Ok(None));
+        let t = parse_line("  https://api.example.com/q/AAPL  ", job(), ID)
             .unwrap()
             .unwrap();
         assert_eq!(t.url, "https://api.example.com/q/AAPL");
         assert_eq!(t.job_id, job());
+        assert_eq!(t.task_id, ID);
         assert!(
-            parse_line("ftp://x/y", job())
+            parse_line("ftp://x/y", job(), ID)
                 .unwrap_err()
                 .contains("scheme")
         );
-        assert!(parse_line("not a url", job()).is_err());
-        assert!(parse_line("http://", job()).is_err());
+        assert!(parse_line("not a url", job(), ID).is_err());
+        assert!(parse_line("http://", job(), ID).is_err());
     }
 
     #[test]
@@ -253,14 +271,17 @@ mod tests {
         let t = parse_line(
             r#"{"url":"http://a.example/1","headers":{"accept":"application/json"},"meta":{"k":1}}"#,
             job(),
+            ID,
         )
         .unwrap()
         .unwrap();
         assert_eq!(t.meta, Some(serde_json::json!({"k": 1})));
+        assert_eq!(t.task_id, ID);
         let id = Uuid::new_v4();
         let t = parse_line(
             &format!(r#"{{"v":1,"task_id":"{id}","url":"http://a/1"}}"#),
             job(),
+            ID,
         )
         .unwrap()
         .unwrap();
@@ -269,15 +290,16 @@ mod tests {
         assert!(
             parse_line(
                 &format!(r#"{{"job_id":"{other}","url":"http://a/1"}}"#),
-                job()
+                job(),
+                ID
             )
             .unwrap_err()
             .contains("not the job")
         );
-        assert!(parse_line(r#"{"url":"http://a/1","extra":1}"#, job()).is_err());
-        assert!(parse_line(r#"{"url":"http://a/1","headers":{"host":"x"}}"#, job()).is_err());
-        assert!(parse_line(r#"{"v":2,"url":"http://a/1"}"#, job()).is_err());
-        assert!(parse_line("{broken", job()).is_err());
+        assert!(parse_line(r#"{"url":"http://a/1","extra":1}"#, job(), ID).is_err());
+        assert!(parse_line(r#"{"url":"http://a/1","headers":{"host":"x"}}"#, job(), ID).is_err());
+        assert!(parse_line(r#"{"v":2,"url":"http://a/1"}"#, job(), ID).is_err());
+        assert!(parse_line("{broken", job(), ID).is_err());
     }
 
     #[test]
@@ -296,7 +318,7 @@ mod tests {
 
     #[test]
     fn json_entries() {
-        let url = parse_entry(Format::JsonUrls, r#"" http://a.example/1 ""#, job());
+        let url = parse_entry(Format::JsonUrls, r#"" http://a.example/1 ""#, job(), ID);
         assert_eq!(url.unwrap().unwrap().url, "http://a.example/1");
         for bad in [
             "3",
@@ -305,12 +327,18 @@ mod tests {
             r##""# c""##,
             r#""""#,
         ] {
-            assert!(parse_entry(Format::JsonUrls, bad, job()).is_err(), "{bad}");
+            assert!(
+                parse_entry(Format::JsonUrls, bad, job(), ID).is_err(),
+                "{bad}"
+            );
         }
-        let task = parse_entry(Format::JsonTasks, r#"{"url":"http://a/1"}"#, job());
+        let task = parse_entry(Format::JsonTasks, r#"{"url":"http://a/1"}"#, job(), ID);
         assert_eq!(task.unwrap().unwrap().url, "http://a/1");
         for bad in [r#""http://a/1""#, "7", "{}", r#"{"url":"ftp://a/1"}"#] {
-            assert!(parse_entry(Format::JsonTasks, bad, job()).is_err(), "{bad}");
+            assert!(
+                parse_entry(Format::JsonTasks, bad, job(), ID).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -9,9 +9,11 @@ pub mod api;
 pub mod config;
 pub mod dlq;
 pub mod enqueue;
+pub mod identity;
 pub mod input;
 pub mod job;
 pub mod progress;
+pub mod publish;
 
 use anyhow::Context as _;
 use tributary::broker::amqp;
@@ -68,7 +70,12 @@ pub async fn enqueue_once(config: &Config) -> anyhow::Result<enqueue::Enqueued> 
         .declare(&setup)
         .await?;
     let channel = amqp::confirm_channel(&conn).await?;
-    let result = enqueue::enqueue(args, &channel, names.exchange(), &store).await;
+    let target = enqueue::Target {
+        channel: &channel,
+        exchange: names.exchange(),
+        store: &store,
+    };
+    let result = enqueue::enqueue(args, target).await;
     let _ = conn.close(200, "done".into()).await;
     result
 }

@@ -125,6 +125,22 @@ impl Names {
         self.job_key(job, "latency")
     }
 
+    /// Hash of the job's producer inputs: input id -> checkpoint (`store::inputs`), and
+    /// `request` -> the digest of the HTTP request that created the job.
+    pub fn inputs_key(&self, job: Uuid) -> String {
+        self.job_key(job, "inputs")
+    }
+
+    /// Bitmap of the line positions of one producer input registered in the job.
+    pub fn input_positions_key(&self, job: Uuid, input: Uuid) -> String {
+        self.job_key(job, &format!("input:{input}"))
+    }
+
+    /// Set of the explicit task ids (given in task objects) registered in the job.
+    pub fn task_ids_key(&self, job: Uuid) -> String {
+        self.job_key(job, "ids")
+    }
+
     /// A host's GCRA theoretical arrival time (`lua/hostlimit.lua`); the hash tag is the
     /// host, so each host's limit lives in one slot.
     pub fn host_tat_key(&self, host: &str) -> String {
@@ -230,7 +246,11 @@ mod tests {
         let n = Names::new("tributary.prod-1");
         for _ in 0..50 {
             let job = Uuid::new_v4();
-            let slots: Vec<Slot> = n.job_keys(job).iter().map(Slot::for_key).collect();
+            let mut keys = n.job_keys(job).to_vec();
+            keys.push(n.inputs_key(job));
+            keys.push(n.input_positions_key(job, Uuid::new_v4()));
+            keys.push(n.task_ids_key(job));
+            let slots: Vec<Slot> = keys.iter().map(Slot::for_key).collect();
             assert!(
                 slots.windows(2).all(|w| w[0] == w[1]),
                 "job {job}: {slots:?}"

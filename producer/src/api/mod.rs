@@ -18,6 +18,7 @@ pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod error;
+pub mod idempotency;
 pub mod routes;
 
 use std::net::SocketAddr;

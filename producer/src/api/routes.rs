@@ -18,9 +18,11 @@ use uuid::Uuid;
 use super::Api;
 use super::body::{self, JobBody};
 use super::error::ApiError;
+use super::idempotency;
 use crate::config::{DlqCommand, DlqFilter};
 use crate::enqueue::{self, Rejected, Target};
 use crate::input::{Format, MAX_REPORTED, Scan, scan};
+use crate::publish::{self, InputMismatch};
 
 /// Query parameters of `POST /v1/jobs`.
 #[derive(Debug, Default, Deserialize)]
@@ -66,10 +68,11 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(invalid_query)?;
     let kind = body::kind_of(&headers)?;
+    let key = idempotency::key(&headers)?;
     let store = api.backends.store().await?;
     let broker = api.backends.broker().await?;
     let raw = body::spool(body, &headers, api.max_body_bytes).await?;
-    let prepared = tokio::task::spawn_blocking(move || prepare(raw, kind, query))
+    let prepared = tokio::task::spawn_blocking(move || prepare(raw, kind, query, key))
         .await
         .map_err(|e| ApiError::internal(format!("validating the body: {e}")))??;
     let Prepared {
@@ -88,24 +91,31 @@ pub async fn create_job(
             "the body holds no URL or task; nothing was enqueued",
         ),
     })?;
+    idempotency::claim(store, job, &found, skip_invalid).await?;
+    let resume = match publish::begin(store, job, &source, &found).await {
+        Err(e) if e.is::<InputMismatch>() => return Err(idempotency::conflict(job)),
+        other => other.map_err(|e| ApiError::from_runtime(&e))?,
+    };
     let target = Target {
         channel: &broker.channel,
         exchange: api.backends.names().exchange(),
         store,
     };
-    let enqueued = enqueue::publish(
+    let hint = format!("repeat the same request with job_id {job} to finish it");
+    publish::publish(
         &source,
-        job,
-        found.valid,
+        &resume,
         &api.publish,
         target,
         &ProgressBar::hidden(),
+        &hint,
     )
     .await
     .map_err(|e| ApiError::from_runtime(&e))?;
+    // The body's tasks, all in the job now: the same answer for a repeated request.
     let accepted = JobAccepted {
         job_id: job,
-        enqueued,
+        enqueued: found.valid,
         skipped: found.invalid_count,
     };
     let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
@@ -128,13 +138,16 @@ fn prepare(
     raw: tempfile::NamedTempFile,
     kind: body::BodyKind,
     query: JobQuery,
+    key: Option<String>,
 ) -> Result<Prepared, ApiError> {
     let JobBody {
         source,
         job_id,
         skip_invalid,
     } = body::read(raw, kind)?;
-    let job = agree("job_id", query.job_id, job_id)?.unwrap_or_else(Uuid::new_v4);
+    let job = agree("job_id", query.job_id, job_id)?
+        .or_else(|| key.as_deref().map(idempotency::job_for_key))
+        .unwrap_or_else(Uuid::new_v4);
     let skip_invalid = agree("skip_invalid", query.skip_invalid, skip_invalid)?.unwrap_or(false);
     let found = scan(&source, job).map_err(|e| {
         ApiError::internal(format!(
@@ -426,6 +439,7 @@ mod tests {
             valid: 1,
             invalid: vec![(3, "scheme \"ftp\" is not http or https".into())],
             invalid_count: 1,
+            ..Scan::default()
         };
         let lines = invalid_detail(Format::Lines, &found, 1);
         assert!(lines.starts_with("line 3: scheme \"ftp\""), "{lines}");

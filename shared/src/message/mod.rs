@@ -60,6 +60,12 @@ impl Task {
         }
     }
 
+    /// The task with id `task_id`.
+    pub fn with_id(mut self, task_id: Uuid) -> Self {
+        self.task_id = task_id;
+        self
+    }
+
     /// Parses and validates one task object; a missing task id is derived from `salt`
     /// (the AMQP message id and line number), the job id and the URL.
     pub fn from_json(bytes: &[u8], salt: &str) -> Result<Task, Failure> {

@@ -7,6 +7,7 @@
 //! (one node or a cluster).
 
 pub mod conn;
+pub mod inputs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -20,11 +21,15 @@ use crate::names::Names;
 use crate::runtime::config::ConnectionArgs;
 use crate::stats::GroupStats;
 pub use conn::{Lua, Named, RedisConn, ScriptCall};
+pub use inputs::{Checkpoint, InputRef, Registration};
 
 const STATE_LUA: &str = include_str!("lua/state.lua");
 const MARK_LUA: &str = include_str!("lua/mark.lua");
 const APPLY_LUA: &str = include_str!("lua/apply.lua");
 const TOTAL_LUA: &str = include_str!("lua/total.lua");
+const BEGIN_LUA: &str = include_str!("lua/begin.lua");
+const REGISTER_LUA: &str = include_str!("lua/register.lua");
+const CLAIM_LUA: &str = include_str!("lua/claim.lua");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -108,7 +113,18 @@ pub struct JobStatus {
     /// Tasks put aside by their host's rate limit, pause or concurrency cap.
     pub deferred: u64,
     pub dead: u64,
+    /// Whether every producer input of the job is registered (`done` waits for it).
+    pub enqueue: EnqueueState,
     pub done: bool,
+}
+
+/// Whether a job's producer inputs are all registered: `in_progress` while one is not
+/// (being published, or interrupted and waiting to be resumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnqueueState {
+    InProgress,
+    Complete,
 }
 
 /// The results JSON of the design.
@@ -137,6 +153,9 @@ struct Scripts {
     mark: Lua,
     apply: Lua,
     total: Lua,
+    begin: Lua,
+    register: Lua,
+    claim: Lua,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +179,9 @@ impl Store {
                 mark: Lua::new(&format!("{STATE_LUA}\n{MARK_LUA}")),
                 apply: Lua::new(&format!("{STATE_LUA}\n{APPLY_LUA}")),
                 total: Lua::new(TOTAL_LUA),
+                begin: Lua::new(BEGIN_LUA),
+                register: Lua::new(REGISTER_LUA),
+                claim: Lua::new(CLAIM_LUA),
             }),
         })
     }
@@ -273,6 +295,7 @@ impl Store {
         let total = get("total");
         let aggregated = get("aggregated");
         let dead = get("dead");
+        let complete = get("enqueuing") == 0;
         Ok(Some(JobStatus {
             job_id: job,
             total,
@@ -282,7 +305,11 @@ impl Store {
             retrying: get("retrying"),
             deferred: get("deferred"),
             dead,
-            done: total > 0 && aggregated + dead >= total,
+            enqueue: match complete {
+                true => EnqueueState::Complete,
+                false => EnqueueState::InProgress,
+            },
+            done: complete && total > 0 && aggregated + dead >= total,
         }))
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use tributary::runtime::config::ConnectionArgs;
-use tributary::store::JobStatus;
+use tributary::store::{EnqueueState, JobStatus};
 use tributary_tests::app::{App, AppOptions, connection_flags};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;
@@ -103,6 +103,7 @@ async fn a_python_pika_publisher_feeds_the_pipeline() {
         retrying: 0,
         deferred: 0,
         dead: 0,
+        enqueue: EnqueueState::Complete,
         done: true,
     };
     assert_eq!(app.wait_done(job, LIMIT).await.unwrap(), done);

@@ -11,6 +11,7 @@ mod cluster;
 mod deploy;
 mod dlq;
 mod encodings;
+mod enqueue;
 mod foreign;
 mod hostlimit;
 mod limiter;
