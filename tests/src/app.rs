@@ -227,6 +227,29 @@ impl App {
             .collect()
     }
 
+    /// Publishes `body` as it is to a stage queue, with a broker confirm (e.g. a message
+    /// that is not a valid task).
+    pub async fn publish_raw(&self, stage: Stage, body: &[u8]) -> anyhow::Result<()> {
+        let conn = self.broker().await?;
+        let channel = tributary::broker::amqp::confirm_channel(&conn).await?;
+        tributary::broker::amqp::publish_confirmed(
+            &channel,
+            self.names.exchange(),
+            stage.as_str(),
+            body,
+            tributary::broker::amqp::persistent("application/json"),
+        )
+        .await?;
+        let _ = conn.close(200, "ok".into()).await;
+        Ok(())
+    }
+
+    /// `producer status --verify` of a job, in process.
+    pub async fn verify(&self, job: Uuid) -> anyhow::Result<producer::verify::Verified> {
+        let args = ConnectionArgs::local(&self.namespace);
+        producer::verify::verify(&args, job, 20).await
+    }
+
     /// Waits until the job is done.
     pub async fn wait_done(&self, job: Uuid, limit: Duration) -> anyhow::Result<JobStatus> {
         let mut last = None;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
-use tributary::broker::amqp;
 use tributary::broker::deadletter::DeadInfo;
 use tributary::names::Stage;
 use tributary::runtime::shutdown::CancellationToken;
@@ -45,18 +44,7 @@ async fn spawn(label: &str) -> App {
 /// Publishes a body that is not a task straight to the fetch stage: it dies as
 /// `invalid_task`, without a job id.
 async fn publish_garbage(app: &App, body: &[u8]) {
-    let conn = app.broker().await.unwrap();
-    let channel = amqp::confirm_channel(&conn).await.unwrap();
-    amqp::publish_confirmed(
-        &channel,
-        app.names.exchange(),
-        Stage::Fetch.as_str(),
-        body,
-        amqp::persistent("application/json"),
-    )
-    .await
-    .unwrap();
-    let _ = conn.close(200, "ok".into()).await;
+    app.publish_raw(Stage::Fetch, body).await.unwrap();
 }
 
 /// Waits until the stage's dead-letter queue holds `n` messages.

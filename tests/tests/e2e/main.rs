@@ -11,6 +11,7 @@ mod cluster;
 mod deploy;
 mod dlq;
 mod encodings;
+mod final_states;
 mod foreign;
 mod hostlimit;
 mod limiter;

@@ -1,0 +1,119 @@
+//! Every task reaches a final state its job counts (issue 15), and `producer status
+//! --verify` can tell: a finished job verifies; a job whose tasks are nowhere, or whose
+//! counters were bent, does not; an invalid foreign task that names its job is counted
+//! dead in it and listed by `dlq list --job-id`.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tributary::names::Stage;
+use tributary::store::Mark;
+use tributary_tests::app::{App, AppOptions};
+use tributary_tests::quotes::{assert_close, expected_aggregate};
+use uuid::Uuid;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn quote_urls(app: &App, n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| app.origin.url(&format!("/quotes/{i}.json")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_passes_a_finished_job_and_names_what_is_off() {
+    let app = App::spawn("verify", AppOptions::default()).await.unwrap();
+    let n = 300;
+    let job = app.enqueue_lines(&quote_urls(&app, n), &[]).await.unwrap();
+    let done = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((done.aggregated, done.dead), (n, 0));
+    let v = app.verify(job).await.unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!((v.census.known, v.census.states.get("aggregated")), (n, n));
+    assert_eq!(v.census.states, v.census.counters);
+
+    // A bent counter is named.
+    let mut redis = app.store.connection();
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(app.names.status_key(job))
+        .arg("aggregated")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let v = app.verify(job).await.unwrap();
+    assert!(!v.ok);
+    assert_eq!(
+        v.problems,
+        [format!(
+            "aggregated is {} but {n} task states say so",
+            n + 1
+        )]
+    );
+
+    // A job of 5 tasks whose messages are nowhere: 3 never marked, 2 fetched.
+    let stuck = Uuid::new_v4();
+    app.store.add_to_total(stuck, 5).await.unwrap();
+    let fetched = [Uuid::new_v4(), Uuid::new_v4()];
+    app.store
+        .mark(stuck, Mark::Fetched, &fetched)
+        .await
+        .unwrap();
+    let v = app.verify(stuck).await.unwrap();
+    assert!(!v.ok);
+    assert!(v.census.disagreements().is_empty(), "{v:?}");
+    assert_eq!(v.unaccounted, 5);
+    let mut listed: Vec<(Uuid, &str)> = v
+        .unaccounted_tasks
+        .iter()
+        .map(|t| (t.task_id, t.stage))
+        .collect();
+    listed.sort();
+    let mut want = fetched.map(|t| (t, "process")).to_vec();
+    want.sort();
+    assert_eq!(listed, want);
+    let err = producer::verify::run(
+        &tributary::runtime::config::ConnectionArgs::local(&app.namespace),
+        stuck,
+        20,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").starts_with(&format!("job {stuck} does not verify: 5 task(s)")),
+        "{err:#}"
+    );
+    assert!(app.verify(Uuid::new_v4()).await.is_err(), "an unknown job");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_foreign_task_that_names_its_job_is_counted_dead_in_it() {
+    let app = App::spawn("foreign-invalid", AppOptions::default())
+        .await
+        .unwrap();
+    let job = Uuid::new_v4();
+    app.store.add_to_total(job, 1).await.unwrap();
+    let task = json!({"v": 1, "job_id": job, "url": "ftp://x"});
+    app.publish_raw(Stage::Fetch, task.to_string().as_bytes())
+        .await
+        .unwrap();
+    let done = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((done.total, done.aggregated, done.dead), (1, 0, 1));
+    let listed = app
+        .dlq(&["list", "--job-id", &job.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["job_id"], json!(job));
+    assert_eq!(listed[0]["stage"], "fetch");
+    // The URL as parsed (`ftp://x/`).
+    assert!(listed[0]["url"].as_str().unwrap().starts_with("ftp://x"));
+    let v = app.verify(job).await.unwrap();
+    assert!(v.ok && v.census.states.get("dead") == 1, "{v:?}");
+    app.shutdown().await.unwrap();
+}
