@@ -1,14 +1,16 @@
 //! Every task reaches a final state its job counts (issue 15), and `producer status
 //! --verify` can tell: a finished job verifies; a job whose tasks are nowhere, or whose
 //! counters were bent, does not; an invalid foreign task that names its job is counted
-//! dead in it and listed by `dlq list --job-id`.
+//! dead in it and listed by `dlq list --job-id`; a poison results message dies at the
+//! quorum delivery limit, counted and replayable.
 
 use std::time::Duration;
 
 use serde_json::json;
 use tributary::names::Stage;
+use tributary::runtime::config::QueueType;
 use tributary::store::Mark;
-use tributary_tests::app::{App, AppOptions};
+use tributary_tests::app::{App, AppOptions, wait_for_status};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;
 
@@ -115,5 +117,55 @@ async fn an_invalid_foreign_task_that_names_its_job_is_counted_dead_in_it() {
     assert!(listed[0]["url"].as_str().unwrap().starts_with("ftp://x"));
     let v = app.verify(job).await.unwrap();
     assert!(v.ok && v.census.states.get("dead") == 1, "{v:?}");
+    app.shutdown().await.unwrap();
+}
+
+/// A results message Redis refuses with a script error every time (the job's groups key
+/// holds a string) goes back to its quorum queue until the broker dead-letters it at the
+/// delivery limit; the accounting step counts its tasks dead as `delivery_limit`, `dlq
+/// list` finds them, and once the key is repaired a replay finishes the job exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_results_message_dies_at_the_delivery_limit_and_replays() {
+    let options = AppOptions {
+        queue_type: QueueType::Quorum,
+        ..AppOptions::default()
+    };
+    let app = App::spawn("poison", options).await.unwrap();
+    let (n, job) = (40, Uuid::new_v4());
+    let groups = app.names.groups_key(job);
+    let mut redis = app.store.connection();
+    let _: () = redis::cmd("SET")
+        .arg(&groups)
+        .arg("not a hash")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let job_flag = job.to_string();
+    app.enqueue_lines(&quote_urls(&app, n), &["--job-id", &job_flag])
+        .await
+        .unwrap();
+    let dead = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((dead.processed, dead.aggregated, dead.dead), (n, 0, n));
+    let v = app.verify(job).await.unwrap();
+    assert!(v.ok, "nothing half-written by the refused scripts: {v:?}");
+    let filter = ["--job-id", &job_flag, "--error", "delivery_limit"];
+    let listed = app.dlq(&[&["list"], &filter[..]].concat()).await.unwrap();
+    assert_eq!(listed.len() as u64, n, "{listed:?}");
+    assert!(listed.iter().all(|l| l["stage"] == "results"), "{listed:?}");
+
+    let _: () = redis::cmd("DEL")
+        .arg(&groups)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let replayed = app.dlq(&[&["replay"], &filter[..]].concat()).await.unwrap();
+    assert_eq!(replayed, [json!({"replayed": n})]);
+    let done = wait_for_status(&app.store, job, LIMIT, |s| s.aggregated == n).await;
+    assert_eq!((done.dead, done.done), (0, true));
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+    assert!(app.verify(job).await.unwrap().ok);
     app.shutdown().await.unwrap();
 }
