@@ -169,3 +169,68 @@ async fn a_poison_results_message_dies_at_the_delivery_limit_and_replays() {
     assert!(app.verify(job).await.unwrap().ok);
     app.shutdown().await.unwrap();
 }
+
+/// Deliveries this process's fetchers held longer than the smallest histogram bound of
+/// `tributary_delivery_held_seconds` at or above `secs`, and all deliveries.
+fn held_longer_than(secs: f64) -> (u64, u64) {
+    let text = tributary::runtime::metrics::metrics().encode();
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("tributary_delivery_held_seconds_count"))
+        .and_then(value)
+        .unwrap_or(0);
+    let within = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tributary_delivery_held_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (bound, rest) = l.split_once('"')?;
+            Some((bound.parse::<f64>().ok()?, value(rest)?))
+        })
+        .find(|(bound, _)| *bound >= secs)
+        .map_or(0, |(_, n)| n);
+    (count - within, count)
+}
+
+/// One download of the host at a time, each 300 ms, 60 tasks one per message and 16
+/// deliveries taken at once: most tasks cannot get the host within `--host-wait-max`
+/// (250 ms), so they are put aside (deferred), never waited for while their delivery is
+/// held. A held delivery is bounded by the wait plus one download (0.55 s); the bound
+/// checked is 2.56 s (the histogram bound above 4x that), where an unbounded wait holds
+/// deliveries for seconds (up to 16 x 300 ms queued behind the lease). In-process
+/// metrics, so it runs alone in the serial step.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "reads this process's metrics and measures held time; run in the serial step"]
+async fn host_concurrency_never_holds_a_delivery_past_the_wait() {
+    let flags =
+        "--retry-delays 100ms,200ms --concurrency 16 --host-concurrency 1 --host-wait-max 250ms";
+    let options = AppOptions {
+        fetcher_args: flags.split_whitespace().map(String::from).collect(),
+        ..AppOptions::default()
+    };
+    let app = App::spawn("held", options).await.unwrap();
+    let n = 60;
+    let lines: Vec<String> = (0..n)
+        .map(|i| app.origin.url(&format!("/slow/300/{i}.json")))
+        .collect();
+    let (over_before, seen_before) = held_longer_than(2.5);
+    let job = app
+        .enqueue_lines(&lines, &["--batch-size", "1"])
+        .await
+        .unwrap();
+    let done = app.wait_done(job, Duration::from_secs(300)).await.unwrap();
+    assert_eq!((done.aggregated, done.dead), (n, 0), "{done:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(0..n),
+    );
+    let (over, seen) = held_longer_than(2.5);
+    assert!(
+        seen - seen_before >= n,
+        "{} deliveries seen",
+        seen - seen_before
+    );
+    assert_eq!(over - over_before, 0, "deliveries held past 2.56 s");
+    assert_eq!(app.origin.max_in_flight(&app.origin.addr().to_string()), 1);
+    app.shutdown().await.unwrap();
+}
