@@ -2,16 +2,21 @@
 //! --verify` can tell: a finished job verifies; a job whose tasks are nowhere, or whose
 //! counters were bent, does not; an invalid foreign task that names its job is counted
 //! dead in it and listed by `dlq list --job-id`; a poison results message dies at the
-//! quorum delivery limit, counted and replayable.
+//! quorum delivery limit, counted and replayable; host concurrency never holds a delivery
+//! past the wait; a job finishes exactly through a 60 s Redis outage.
 
 use std::time::Duration;
 
+use clap::Parser as _;
 use serde_json::json;
 use tributary::names::Stage;
-use tributary::runtime::config::QueueType;
+use tributary::runtime::config::{ConnectionArgs, QueueType, UrlList};
 use tributary::store::Mark;
-use tributary_tests::app::{App, AppOptions, wait_for_status};
+use tributary_tests::app::{App, AppOptions, cleanup_with, fresh_namespace, wait_for_status};
+use tributary_tests::origin::{Origin, OriginOptions};
+use tributary_tests::procs::Worker;
 use tributary_tests::quotes::{assert_close, expected_aggregate};
+use tributary_tests::redis_node::{RedisNode, free_port};
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -233,4 +238,122 @@ async fn host_concurrency_never_holds_a_delivery_past_the_wait() {
     assert_eq!(over - over_before, 0, "deliveries held past 2.56 s");
     assert_eq!(app.origin.max_in_flight(&app.origin.addr().to_string()), 1);
     app.shutdown().await.unwrap();
+}
+
+const OUTAGE_URLS: u64 = 20_000;
+/// Broker prefetch of each worker in the outage test (messages of 20 tasks for fetchers).
+const OUTAGE_PREFETCH: u64 = 16;
+
+/// A counter of a worker's /metrics (0 when it has no such line yet).
+async fn scrape(port: u16, line_start: &str) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The run: 20,000 URLs on quorum queues, one worker of each stage, and Redis (a
+/// server of the test's own) refusing connections for 60 s mid-job, then back with its
+/// data. The job finishes exactly with nothing dead, every worker lives through it, and
+/// the redeliveries are few: fetch tasks consumed beyond the job's (from the fetcher's
+/// `tributary_tasks_consumed_total`) stay under 3 prefetches, where a worker that kept
+/// consuming would cycle its prefetch every few hundred ms; each worker starts at most 3
+/// sessions (`tributary_sessions_total`: the first, one after Redis answers again).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "stops a redis-server for 60 s and spawns worker binaries; run in the serial step"]
+async fn a_job_finishes_exactly_through_a_60_s_redis_outage() {
+    let mut redis = RedisNode::new().unwrap();
+    let namespace = fresh_namespace("redis-outage");
+    let mut args = ConnectionArgs::local(&namespace);
+    args.redis_url = UrlList::redis(&redis.url()).unwrap();
+    args.queue_type = QueueType::Quorum;
+    let store = tributary::store::Store::connect(&args).await.unwrap();
+    let origin = Origin::start(OriginOptions::default()).await.unwrap();
+    let redis_url = redis.url();
+    let prefetch = OUTAGE_PREFETCH.to_string();
+    let common = [
+        "--redis-url",
+        &redis_url,
+        "--queue-type",
+        "quorum",
+        "--prefetch",
+        &prefetch,
+    ];
+    let mut workers = Vec::new();
+    for (binary, extra) in [
+        (
+            "fetcher-worker",
+            &["--allow-private", "--retry-delays", "1s,5s"][..],
+        ),
+        ("processor-worker", &[][..]),
+        ("aggregator", &[][..]),
+    ] {
+        let port = free_port().unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let mut flags = common.to_vec();
+        flags.extend(["--metrics-listen", &listen]);
+        flags.extend(extra);
+        workers.push((Worker::start(binary, &namespace, &flags).unwrap(), port));
+    }
+    let lines: Vec<String> = (0..OUTAGE_URLS)
+        .map(|i| origin.url(&format!("/quotes/{i}.json")))
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), lines.join("\n")).unwrap();
+    let path = file.path().display().to_string();
+    let mut flags = vec!["producer", "--namespace", &namespace];
+    flags.extend(&common[..4]);
+    flags.extend(["enqueue", "--file", &path]);
+    let config = producer::Config::try_parse_from(flags).unwrap();
+    let job = producer::enqueue_once(&config).await.unwrap().job_id;
+
+    let limit = Duration::from_secs(600);
+    wait_for_status(&store, job, limit, |s| s.aggregated >= OUTAGE_URLS / 4).await;
+    redis.stop().unwrap();
+    eprintln!("redis stopped");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for (worker, _) in &mut workers {
+        assert!(
+            worker.is_running(),
+            "{} died during the outage",
+            worker.binary
+        );
+    }
+    redis.start().unwrap();
+    let done = wait_for_status(&store, job, limit, |s| s.done).await;
+    assert_eq!(
+        (done.total, done.aggregated, done.dead),
+        (OUTAGE_URLS, OUTAGE_URLS, 0)
+    );
+    let results = serde_json::to_value(store.results(job).await.unwrap().unwrap()).unwrap();
+    assert_close(&results, &expected_aggregate(0..OUTAGE_URLS));
+    let verified = producer::verify::verify(&args, job, 20).await.unwrap();
+    assert!(verified.ok, "{verified:?}");
+
+    let consumed = scrape(workers[0].1, "tributary_tasks_consumed_total").await;
+    let redelivered = consumed.saturating_sub(OUTAGE_URLS);
+    eprintln!("fetch tasks consumed {consumed}, redelivered {redelivered}");
+    assert!(
+        redelivered < 3 * OUTAGE_PREFETCH * 20,
+        "{redelivered} redelivered fetch tasks"
+    );
+    for (worker, port) in workers {
+        let sessions = scrape(port, "tributary_sessions_total").await;
+        eprintln!("{}: {sessions} sessions", worker.binary);
+        assert!(
+            (1..=3).contains(&sessions),
+            "{}: {sessions} sessions",
+            worker.binary
+        );
+        let binary = worker.binary.clone();
+        let status = worker.terminate(Duration::from_secs(40)).unwrap();
+        assert!(status.success(), "{binary} exited with {status}");
+    }
+    cleanup_with(&args).await.unwrap();
 }
