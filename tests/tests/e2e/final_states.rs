@@ -3,7 +3,8 @@
 //! counters were bent, does not; an invalid foreign task that names its job is counted
 //! dead in it and listed by `dlq list --job-id`; a poison results message dies at the
 //! quorum delivery limit, counted and replayable; host concurrency never holds a delivery
-//! past the wait; a job finishes exactly through a 60 s Redis outage.
+//! past the wait; a job finishes exactly through a 60 s Redis outage and, without session
+//! churn, through a memory alarm on the local RabbitMQ cluster.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tributary::names::Stage;
 use tributary::runtime::config::{ConnectionArgs, QueueType, UrlList};
 use tributary::store::Mark;
 use tributary_tests::app::{App, AppOptions, cleanup_with, fresh_namespace, wait_for_status};
+use tributary_tests::clusters::{self, Clusters};
 use tributary_tests::origin::{Origin, OriginOptions};
 use tributary_tests::procs::Worker;
 use tributary_tests::quotes::{assert_close, expected_aggregate};
@@ -258,6 +260,59 @@ async fn scrape(port: u16, line_start: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Starts a worker of each stage as a process in `namespace` with `common` flags and a
+/// /metrics port each; returns them with their ports.
+fn start_workers(namespace: &str, common: &[&str]) -> Vec<(Worker, u16)> {
+    let mut workers = Vec::new();
+    for (binary, extra) in [
+        (
+            "fetcher-worker",
+            &["--allow-private", "--retry-delays", "1s,5s"][..],
+        ),
+        ("processor-worker", &[][..]),
+        ("aggregator", &[][..]),
+    ] {
+        let port = free_port().unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let mut flags = common.to_vec();
+        flags.extend(["--metrics-listen", &listen]);
+        flags.extend(extra);
+        workers.push((Worker::start(binary, namespace, &flags).unwrap(), port));
+    }
+    workers
+}
+
+/// Enqueues quotes `0..n` with the producer (in process) and `connection` flags.
+async fn enqueue_quotes(namespace: &str, connection: &[&str], origin: &Origin, n: u64) -> Uuid {
+    let lines: Vec<String> = (0..n)
+        .map(|i| origin.url(&format!("/quotes/{i}.json")))
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), lines.join("\n")).unwrap();
+    let path = file.path().display().to_string();
+    let mut flags = vec!["producer", "--namespace", namespace];
+    flags.extend(connection);
+    flags.extend(["enqueue", "--file", &path]);
+    let config = producer::Config::try_parse_from(flags).unwrap();
+    producer::enqueue_once(&config).await.unwrap().job_id
+}
+
+/// Checks each worker started `sessions` sessions, then stops it (exit 0 required).
+async fn stop_workers(workers: Vec<(Worker, u16)>, sessions: std::ops::RangeInclusive<u64>) {
+    for (worker, port) in workers {
+        let started = scrape(port, "tributary_sessions_total").await;
+        eprintln!("{}: {started} sessions", worker.binary);
+        assert!(
+            sessions.contains(&started),
+            "{}: {started} sessions",
+            worker.binary
+        );
+        let binary = worker.binary.clone();
+        let status = worker.terminate(Duration::from_secs(40)).unwrap();
+        assert!(status.success(), "{binary} exited with {status}");
+    }
+}
+
 /// The run: 20,000 URLs on quorum queues, one worker of each stage, and Redis (a
 /// server of the test's own) refusing connections for 60 s mid-job, then back with its
 /// data. The job finishes exactly with nothing dead, every worker lives through it, and
@@ -285,33 +340,8 @@ async fn a_job_finishes_exactly_through_a_60_s_redis_outage() {
         "--prefetch",
         &prefetch,
     ];
-    let mut workers = Vec::new();
-    for (binary, extra) in [
-        (
-            "fetcher-worker",
-            &["--allow-private", "--retry-delays", "1s,5s"][..],
-        ),
-        ("processor-worker", &[][..]),
-        ("aggregator", &[][..]),
-    ] {
-        let port = free_port().unwrap();
-        let listen = format!("127.0.0.1:{port}");
-        let mut flags = common.to_vec();
-        flags.extend(["--metrics-listen", &listen]);
-        flags.extend(extra);
-        workers.push((Worker::start(binary, &namespace, &flags).unwrap(), port));
-    }
-    let lines: Vec<String> = (0..OUTAGE_URLS)
-        .map(|i| origin.url(&format!("/quotes/{i}.json")))
-        .collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), lines.join("\n")).unwrap();
-    let path = file.path().display().to_string();
-    let mut flags = vec!["producer", "--namespace", &namespace];
-    flags.extend(&common[..4]);
-    flags.extend(["enqueue", "--file", &path]);
-    let config = producer::Config::try_parse_from(flags).unwrap();
-    let job = producer::enqueue_once(&config).await.unwrap().job_id;
+    let mut workers = start_workers(&namespace, &common);
+    let job = enqueue_quotes(&namespace, &common[..4], &origin, OUTAGE_URLS).await;
 
     let limit = Duration::from_secs(600);
     wait_for_status(&store, job, limit, |s| s.aggregated >= OUTAGE_URLS / 4).await;
@@ -343,17 +373,62 @@ async fn a_job_finishes_exactly_through_a_60_s_redis_outage() {
         redelivered < 3 * OUTAGE_PREFETCH * 20,
         "{redelivered} redelivered fetch tasks"
     );
-    for (worker, port) in workers {
-        let sessions = scrape(port, "tributary_sessions_total").await;
-        eprintln!("{}: {sessions} sessions", worker.binary);
-        assert!(
-            (1..=3).contains(&sessions),
-            "{}: {sessions} sessions",
-            worker.binary
-        );
-        let binary = worker.binary.clone();
-        let status = worker.terminate(Duration::from_secs(40)).unwrap();
-        assert!(status.success(), "{binary} exited with {status}");
+    stop_workers(workers, 1..=3).await;
+    cleanup_with(&args).await.unwrap();
+}
+
+/// Puts node a's memory high watermark back to the default when dropped, even when the
+/// test panics (the alarm blocks every publisher of the local cluster).
+struct WatermarkGuard;
+
+impl Drop for WatermarkGuard {
+    fn drop(&mut self) {
+        if let Err(e) = clusters::run(&["rabbitmq-watermark", "a", "0.4"]) {
+            eprintln!("cannot reset the watermark of rmqa: {e:#}");
+        }
     }
+}
+
+/// A cluster-wide memory alarm (25 s, longer than the ~15-20 s after which a watchdog
+/// that took a blocked connection for a dead one tore sessions down) on the local
+/// RabbitMQ cluster mid-job: the workers' connections are blocked
+/// (`tributary_broker_blocked`), they wait for the unblock instead of starting new
+/// sessions (`tributary_sessions_total` stays 1), and the job finishes exactly.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "raises a memory alarm on the local RabbitMQ cluster; run in the serial step"]
+async fn a_memory_alarm_mid_job_causes_no_session_churn() {
+    let clusters = Clusters::up().unwrap();
+    let namespace = fresh_namespace("mem-alarm");
+    let mut args = ConnectionArgs::local(&namespace);
+    args.amqp_url = UrlList::amqp(&clusters.amqp_urls).unwrap();
+    args.queue_type = QueueType::Quorum;
+    let store = tributary::store::Store::connect(&args).await.unwrap();
+    let origin = Origin::start(OriginOptions::default()).await.unwrap();
+    let common = ["--amqp-url", &clusters.amqp_urls, "--queue-type", "quorum"];
+    let workers = start_workers(&namespace, &common);
+    let n = 20_000;
+    let job = enqueue_quotes(&namespace, &common, &origin, n).await;
+
+    let limit = Duration::from_secs(600);
+    wait_for_status(&store, job, limit, |s| s.fetched >= n / 10).await;
+    let guard = WatermarkGuard;
+    clusters::run(&["rabbitmq-watermark", "a", "0.0001"]).unwrap();
+    let mut blocked = 0;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (_, port) in &workers {
+            blocked = blocked.max(scrape(*port, "tributary_broker_blocked").await);
+        }
+    }
+    drop(guard);
+    assert!(
+        blocked >= 1,
+        "the alarm never blocked a worker's connection"
+    );
+    let done = wait_for_status(&store, job, limit, |s| s.done).await;
+    assert_eq!((done.total, done.aggregated, done.dead), (n, n, 0));
+    let results = serde_json::to_value(store.results(job).await.unwrap().unwrap()).unwrap();
+    assert_close(&results, &expected_aggregate(0..n));
+    stop_workers(workers, 1..=1).await;
     cleanup_with(&args).await.unwrap();
 }
