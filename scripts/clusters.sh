@@ -20,6 +20,10 @@
 #   scripts/clusters.sh urls                   print AMQP_URLS=... and REDIS_URLS=...
 #   scripts/clusters.sh rabbitmq-stop-app a|b|c    rabbitmqctl stop_app on that node
 #   scripts/clusters.sh rabbitmq-start-app a|b|c   rabbitmqctl start_app on that node
+#   scripts/clusters.sh rabbitmq-watermark a|b|c FRACTION
+#                                              set_vm_memory_high_watermark on that node
+#                                              (0.0001 raises the cluster-wide memory
+#                                              alarm; 0.4 is the default again)
 #   scripts/clusters.sh redis-kill PORT        SIGKILL the redis-server on PORT
 #   scripts/clusters.sh redis-restart PORT     start it again with its config (it
 #                                              rejoins, as a replica after a failover)
@@ -699,6 +703,14 @@ main() {
         cmd=${cmd/-/_}
         log "rabbitmq: $cmd on $(rmq_name "$which")"
         rmqctl "$which" "$cmd"
+        ;;
+    rabbitmq-watermark)
+        [[ $# -eq 3 ]] || die "usage: $0 rabbitmq-watermark a|b|c FRACTION"
+        rmq_port "$which" >/dev/null
+        need_root
+        init_rabbitmq
+        log "rabbitmq: memory high watermark $3 on $(rmq_name "$which")"
+        rmqctl "$which" set_vm_memory_high_watermark "$3"
         ;;
     _rmqctl)
         # Internal: rabbitmqctl against a node, in a process of its own so

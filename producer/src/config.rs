@@ -32,6 +32,13 @@ pub enum Command {
     Status {
         /// The job id.
         job_id: Uuid,
+        /// Count the job's per-task states in Redis instead: do the counters agree, and
+        /// which tasks are neither final nor in a queue? Exit 1 if anything is off.
+        #[arg(long)]
+        verify: bool,
+        /// With --verify: list at most this many unaccounted task ids per stage.
+        #[arg(long, default_value_t = 20, requires = "verify")]
+        limit: usize,
     },
     /// Inspect, replay or purge dead letters (the `<ns>.<stage>.dead` queues).
     #[command(subcommand)]

@@ -14,6 +14,7 @@ pub mod input;
 pub mod job;
 pub mod progress;
 pub mod publish;
+pub mod verify;
 
 use anyhow::Context as _;
 use tributary::broker::amqp;
@@ -39,7 +40,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             Ok(())
         }
-        Command::Status { job_id } => {
+        Command::Status {
+            job_id,
+            verify: true,
+            limit,
+        } => verify::run(c, *job_id, *limit).await,
+        Command::Status { job_id, .. } => {
             let store = connect_store(c).await?;
             let status = store
                 .status(*job_id)

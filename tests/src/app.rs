@@ -4,7 +4,7 @@
 //! code the binaries run), on the real RabbitMQ and Redis. Dropping the [`App`] stops the
 //! stages and deletes the namespace's queues and Redis keys, even when a test panics.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -30,6 +30,8 @@ pub struct AppOptions {
     pub processor_args: Vec<String>,
     pub aggregator_args: Vec<String>,
     pub origin: OriginOptions,
+    /// `--queue-type` of every stage, the producer and the topology the app declares.
+    pub queue_type: QueueType,
 }
 
 impl Default for AppOptions {
@@ -42,6 +44,7 @@ impl Default for AppOptions {
             processor_args: Vec::new(),
             aggregator_args: Vec::new(),
             origin: OriginOptions::default(),
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -71,6 +74,7 @@ pub struct App {
     pub names: Names,
     pub store: Store,
     pub origin: Origin,
+    queue_type: QueueType,
     stages: Vec<Stage_>,
     cleaned: bool,
 }
@@ -99,6 +103,7 @@ impl App {
             names,
             store,
             origin,
+            queue_type: options.queue_type,
             stages: Vec::new(),
             cleaned: false,
         };
@@ -115,9 +120,18 @@ impl App {
         Ok(app)
     }
 
+    /// The flags that put a binary in this app's namespace, with its queue type.
+    fn connection(&self) -> Vec<String> {
+        let mut flags = connection_flags(&self.namespace);
+        if self.queue_type == QueueType::Quorum {
+            flags.extend(["--queue-type".into(), "quorum".into()]);
+        }
+        flags
+    }
+
     fn flags(&self, binary: &str, extra: &[String]) -> Vec<String> {
         let mut flags = vec![binary.to_string()];
-        flags.extend(connection_flags(&self.namespace));
+        flags.extend(self.connection());
         flags.extend(extra.iter().cloned());
         flags
     }
@@ -163,7 +177,6 @@ impl App {
         Ok(())
     }
 
-    /// A broker connection for the test itself.
     /// Publishes `body` as is (persistent, confirmed) to `stage`'s queue: what a foreign
     /// or broken publisher would send.
     pub async fn publish_raw(&self, stage: Stage, body: &[u8]) -> anyhow::Result<()> {
@@ -182,6 +195,7 @@ impl App {
         Ok(())
     }
 
+    /// A broker connection for the test itself.
     pub async fn broker(&self) -> anyhow::Result<lapin::Connection> {
         let args = ConnectionArgs::local(&self.namespace);
         Ok(tributary::broker::amqp::connect_any(&args.amqp_url, "test").await?)
@@ -192,7 +206,7 @@ impl App {
     async fn wait_for_topology(&self) -> anyhow::Result<()> {
         let conn = self.broker().await?;
         let channel = conn.create_channel().await?;
-        Topology::new(self.names.clone(), QueueType::Classic)
+        Topology::new(self.names.clone(), self.queue_type)
             .with_retries(
                 Stage::Fetch,
                 &[Duration::from_millis(100), Duration::from_millis(200)],
@@ -208,7 +222,7 @@ impl App {
         let file = tempfile::NamedTempFile::new()?;
         std::fs::write(file.path(), lines.join("\n"))?;
         let mut flags = vec!["producer".to_string()];
-        flags.extend(connection_flags(&self.namespace));
+        flags.extend(self.connection());
         flags.extend([
             "enqueue".into(),
             "--file".into(),
@@ -224,7 +238,7 @@ impl App {
     /// each parsed as JSON.
     pub async fn dlq(&self, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut flags = vec!["producer".to_string()];
-        flags.extend(connection_flags(&self.namespace));
+        flags.extend(self.connection());
         flags.push("dlq".into());
         flags.extend(args.iter().map(|s| s.to_string()));
         let config = producer::Config::try_parse_from(flags)?;
@@ -243,6 +257,13 @@ impl App {
         out.lines()
             .map(|line| serde_json::from_str(line).with_context(|| format!("not JSON: {line}")))
             .collect()
+    }
+
+    /// `producer status --verify` of a job, in process.
+    pub async fn verify(&self, job: Uuid) -> anyhow::Result<producer::verify::Verified> {
+        let mut args = ConnectionArgs::local(&self.namespace);
+        args.queue_type = self.queue_type;
+        producer::verify::verify(&args, job, 20).await
     }
 
     /// Waits until the job is done.
@@ -331,6 +352,27 @@ impl Drop for App {
         })
         .join();
     }
+}
+
+/// Polls the job's status until `until` says so (or panics after `limit`).
+pub async fn wait_for_status(
+    store: &Store,
+    job: Uuid,
+    limit: Duration,
+    until: impl Fn(&JobStatus) -> bool,
+) -> JobStatus {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < limit {
+        if let Ok(Some(status)) = store.status(job).await {
+            if until(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("job {job}: not there after {limit:?}; last status {last:?}");
 }
 
 /// Every delay step a test (or the default ladder) may declare a queue for.

@@ -12,3 +12,4 @@ pub mod clusters;
 pub mod origin;
 pub mod procs;
 pub mod quotes;
+pub mod redis_node;

@@ -48,6 +48,11 @@ impl Worker {
         self.child.id()
     }
 
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, then start the same command again.
     pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;

@@ -6,6 +6,7 @@
 //! waits for `--redis-wait-replicas` replicas when asked to. [`conn`] is the connection
 //! (one node or a cluster).
 
+pub mod census;
 pub mod conn;
 pub mod inputs;
 

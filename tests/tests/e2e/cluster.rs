@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tributary::names::Names;
 use tributary::runtime::config::ConnectionArgs;
-use tributary::store::{JobStatus, Store};
-use tributary_tests::app::{cleanup_with, fresh_namespace};
+use tributary::store::Store;
+use tributary_tests::app::{cleanup_with, fresh_namespace, wait_for_status};
 use tributary_tests::clusters::{self, Clusters};
 use tributary_tests::origin::{Origin, OriginOptions};
 use tributary_tests::procs::{Worker, stop_all};
@@ -101,27 +101,6 @@ async fn enqueue(clusters: &Clusters, namespace: &str, origin: &Origin) -> Uuid 
     producer::enqueue_once(&config).await.unwrap().job_id
 }
 
-/// Polls the job's status until `until` says so (or panics after `limit`).
-async fn wait_for(
-    store: &Store,
-    job: Uuid,
-    limit: Duration,
-    until: impl Fn(&JobStatus) -> bool,
-) -> JobStatus {
-    let started = Instant::now();
-    let mut last = None;
-    while started.elapsed() < limit {
-        if let Ok(Some(status)) = store.status(job).await {
-            if until(&status) {
-                return status;
-            }
-            last = Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("job {job}: not there after {limit:?}; last status {last:?}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "stops a broker node and kills a Redis master of the local clusters; run in the serial step"]
 async fn a_job_finishes_while_a_broker_node_is_down_and_after_a_redis_failover() {
@@ -133,7 +112,7 @@ async fn a_job_finishes_while_a_broker_node_is_down_and_after_a_redis_failover()
     let mut workers = start_workers(&clusters, &namespace);
     let started = Instant::now();
     let job = enqueue(&clusters, &namespace, &origin).await;
-    wait_for(&store, job, Duration::from_secs(120), |s| {
+    wait_for_status(&store, job, Duration::from_secs(120), |s| {
         s.aggregated >= URLS / 4
     })
     .await;
@@ -150,7 +129,7 @@ async fn a_job_finishes_while_a_broker_node_is_down_and_after_a_redis_failover()
     tokio::time::sleep(Duration::from_secs(6)).await;
     clusters::run(&["redis-restart", &port]).unwrap();
 
-    let done = wait_for(&store, job, Duration::from_secs(300), |s| s.done).await;
+    let done = wait_for_status(&store, job, Duration::from_secs(300), |s| s.done).await;
     let elapsed = started.elapsed();
     let still_down = std::net::TcpStream::connect("127.0.0.1:5701").is_err();
     eprintln!("done after {elapsed:?} (rmqa still down: {still_down}): {done:?}");

@@ -12,6 +12,7 @@ mod deploy;
 mod dlq;
 mod encodings;
 mod enqueue;
+mod final_states;
 mod foreign;
 mod hostlimit;
 mod limiter;

@@ -5,7 +5,9 @@
 -- A group's value is "records count sum min max" (%.17g, so doubles round-trip).
 -- The records of the batch's fresh tasks are merged per group in Lua first, so each group
 -- is read and written once per call. Returns how many tasks were applied now (0 for a
--- redelivered batch).
+-- redelivered batch). Keys holding something other than a hash are refused before any write.
+local refused = refuse_non_hashes(1, 4)
+if refused then return refused end
 local now = tonumber(ARGV[2])
 local applied = 0
 local acc = {}

@@ -1,6 +1,8 @@
 -- KEYS[1] = the job's status hash, KEYS[2] = the job's task-state hash.
 -- ARGV[1] = operation (f fetched, p processed, r retrying, w deferred, d dead,
 -- q replayed), ARGV[2] = TTL in seconds, ARGV[3..] = task ids. Returns how many changed.
+local refused = refuse_non_hashes(1, 2)
+if refused then return refused end
 local op = ARGV[1]
 local changed = 0
 for i = 3, #ARGV do

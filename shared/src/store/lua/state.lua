@@ -78,6 +78,19 @@ local function mark_replayed(task)
   return true
 end
 
+-- Refuses, before any write, a call whose keys KEYS[first..last] hold something other
+-- than a hash (e.g. written by another program): a script error, the same on every attempt,
+-- with nothing written (Redis does not undo what a script wrote before it failed).
+local function refuse_non_hashes(first, last)
+  for i = first, last do
+    local kind = redis.call('TYPE', KEYS[i])['ok']
+    if kind ~= 'hash' and kind ~= 'none' then
+      return redis.error_reply('WRONGTYPE the script refuses ' .. KEYS[i] .. ': a ' .. kind .. ', not a hash')
+    end
+  end
+  return nil
+end
+
 local function touch(ttl, first, last)
   for i = first, last do redis.call('EXPIRE', KEYS[i], ttl) end
 end
