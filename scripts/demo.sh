@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh
+# The release profile has no LTO and cargo's default codegen units: on a fresh clone the build
+# is most of the demo's time (BENCHMARKS.md, "Build profiles").
 exec cargo run --release --quiet -p tributary-tests --bin demo -- "$@"

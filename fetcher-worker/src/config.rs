@@ -6,6 +6,7 @@ use clap::Parser;
 use tributary::policy::{Delays, RetryPolicy};
 use tributary::runtime::config::{CommonArgs, WorkerArgs};
 
+use crate::http::HttpOptions;
 use crate::politeness::rates::{HostRates, Rate, RateTable};
 
 #[derive(Debug, Clone, Parser)]
@@ -108,6 +109,17 @@ impl Config {
         RateTable {
             hosts: self.host_rate.clone().unwrap_or_default(),
             default: self.default_host_rate,
+        }
+    }
+
+    /// The HTTP client's limits: the worker builds its client from these, and so does the
+    /// bench's `--ceiling`, to measure the same client.
+    pub fn http_options(&self) -> HttpOptions {
+        HttpOptions {
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+            max_body_bytes: self.max_body_bytes,
+            allow_private: self.allow_private,
+            pool_idle_per_host: self.concurrency.max(1),
         }
     }
 

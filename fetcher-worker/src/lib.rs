@@ -13,7 +13,6 @@ pub mod politeness;
 pub mod sink;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tributary::broker::topology::Topology;
 use tributary::names::{Names, Stage};
@@ -34,12 +33,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "--host-rate and --default-host-rate need at least one --retry-delays step to put \
          tasks aside in"
     );
-    let http = http::Http::new(http::HttpOptions {
-        timeout: Duration::from_millis(config.timeout_ms.max(1)),
-        max_body_bytes: config.max_body_bytes,
-        allow_private: config.allow_private,
-        pool_idle_per_host: config.concurrency.max(1),
-    })?;
+    let http = http::Http::new(config.http_options())?;
     let topology = Topology::new(names.clone(), config.common.connection.queue_type)
         .with_retries(Stage::Fetch, &policy.delays);
     let connection = config.common.connection.clone();

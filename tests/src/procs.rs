@@ -1,7 +1,7 @@
-//! Worker processes for tests that kill and restart them: the built binaries of the
-//! workspace, started as children in a namespace, stopped with SIGTERM or SIGKILL.
+//! Worker processes for tests that kill and restart them, and for the bench: the built
+//! binaries of the workspace, started as children, stopped with SIGTERM or SIGKILL.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,10 +21,20 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where a started binary's output goes.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// stdout discarded, stderr to ours, `RUST_LOG` quiet (tests).
+    Quiet,
+    /// stdout and stderr appended to this file, `NO_COLOR=1`, `RUST_LOG` inherited (bench).
+    Log(PathBuf),
+}
+
 /// A running worker binary.
 pub struct Worker {
     pub binary: String,
     args: Vec<String>,
+    output: Output,
     child: Child,
 }
 
@@ -36,10 +46,21 @@ impl Worker {
             .chain(args)
             .map(|s| s.to_string())
             .collect();
-        let child = spawn(binary, &args)?;
+        Worker::start_with(&bin_dir()?, binary, args, Output::Quiet)
+    }
+
+    /// Starts `dir/binary` with exactly `args`, its output going to `output`.
+    pub fn start_with(
+        dir: &Path,
+        binary: &str,
+        args: Vec<String>,
+        output: Output,
+    ) -> anyhow::Result<Worker> {
+        let child = spawn(&dir.join(binary), &args, &output)?;
         Ok(Worker {
             binary: binary.to_string(),
             args,
+            output,
             child,
         })
     }
@@ -57,21 +78,39 @@ impl Worker {
     pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
-        self.child = spawn(&self.binary, &self.args)?;
+        self.child = spawn(&bin_dir()?.join(&self.binary), &self.args, &self.output)?;
         Ok(())
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
     }
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
-        signal(self.child.id(), "TERM")?;
-        let started = Instant::now();
+        self.signal_term()?;
+        self.wait_exit(Instant::now() + limit)
+    }
+
+    /// Sends SIGTERM (stop gracefully) without waiting.
+    pub fn signal_term(&self) -> anyhow::Result<()> {
+        signal(self.child.id(), "TERM")
+    }
+
+    /// Waits for the exit status until `deadline`; past it, SIGKILL and an error.
+    pub fn wait_exit(&mut self, deadline: Instant) -> anyhow::Result<ExitStatus> {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
-            if started.elapsed() > limit {
+            if Instant::now() > deadline {
                 self.child.kill()?;
-                anyhow::bail!("{} did not exit within {limit:?} of SIGTERM", self.binary);
+                let _ = self.child.wait();
+                anyhow::bail!(
+                    "{} did not exit in time after SIGTERM (killed)",
+                    self.binary
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -96,19 +135,34 @@ impl Drop for Worker {
     }
 }
 
-fn spawn(binary: &str, args: &[String]) -> anyhow::Result<Child> {
-    let path = bin_dir()?.join(binary);
+fn spawn(path: &Path, args: &[String], output: &Output) -> anyhow::Result<Child> {
     anyhow::ensure!(
         path.exists(),
         "{} is not built; run `cargo build --workspace` (or `cargo test --workspace`) first",
         path.display()
     );
-    Command::new(&path)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .env("RUST_LOG", "warn,lapin=off,redis=error")
+    let mut command = Command::new(path);
+    command.args(args).stdin(Stdio::null());
+    match output {
+        Output::Quiet => {
+            command
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .env("RUST_LOG", "warn,lapin=off,redis=error");
+        }
+        Output::Log(file) => {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            command
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .env("NO_COLOR", "1");
+        }
+    }
+    command
         .spawn()
         .with_context(|| format!("cannot start {}", path.display()))
 }

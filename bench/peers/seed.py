@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The asyncio/aiohttp peer of /work/shared/peers/seed_aiohttp.py, pointed at any origin.
+"""The "seed" peer: the seed project's asyncio/aiohttp script, pointed at any origin.
 
-The shared peer hard-codes the nginx origin of gen_api.py (http://127.0.0.1:8088/quotes/);
-this script does exactly the same work against a base URL given on the command line, so
-`bench --peers` can run it against tributary's in-process origin in the same session:
+The seed's script hard-coded an nginx origin (http://127.0.0.1:8088/quotes/); this one does
+exactly the same work against a base URL given on the command line, so `bench --peers` can
+run it against tributary's in-process origin in the same session:
 
 - one process, no broker, no durability;
 - one aiohttp ClientSession (its default connector: at most 100 connections, i.e. 100
@@ -11,7 +11,7 @@ this script does exactly the same work against a base URL given on the command l
 - parse each body as JSON, compute the mean of its `prices` per document;
 - one Redis pipeline at the end: HINCRBY count and HINCRBYFLOAT sum per symbol.
 
-Usage: aiohttp_baseline.py N BASE_URL [KEY_PREFIX] [REDIS_URL]
+Usage: seed.py N BASE_URL [KEY_PREFIX] [REDIS_URL]
 Prints one JSON line: {"peer", "n", "seconds", "tasks_per_s", "counted"}. The Redis keys
 `KEY_PREFIX:agg:count` and `KEY_PREFIX:agg:sum` are deleted before and after the run.
 """
@@ -24,7 +24,7 @@ try:
     import aiohttp
     import redis.asyncio as aioredis
 except ImportError as e:  # the bench reports this line and skips the peer
-    print(f"aiohttp_baseline: missing Python package ({e.name}): pip install aiohttp redis",
+    print(f"seed peer: missing Python package ({e.name}): pip install aiohttp redis",
           file=sys.stderr)
     sys.exit(3)
 

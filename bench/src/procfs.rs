@@ -1,0 +1,118 @@
+//! Readings from `/proc`: a process's memory (VmRSS, VmHWM) and CPU time (utime + stime),
+//! the CPU of waited-for children, the whole machine's busy time, and pids of services.
+
+use std::time::Duration;
+
+use crate::machine::command_line;
+
+/// A `kB` field of `/proc/<pid>/status` (or `/proc/meminfo`).
+pub fn status_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Memory of a live process, in kB: (VmRSS, VmHWM).
+pub fn memory_kb(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status_field(&text, "VmRSS:")?;
+    Some((rss, status_field(&text, "VmHWM:").unwrap_or(rss)))
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: index 0 is field 3 (state).
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(&pid.to_string())?;
+    Some(f.get(11)? + f.get(12)?)
+}
+
+/// cutime + cstime of this process: the CPU of every child it has waited for.
+pub fn children_ticks() -> u64 {
+    stat_fields("self")
+        .and_then(|f| Some(f.get(13)? + f.get(14)?))
+        .unwrap_or(0)
+}
+
+/// Busy CPU time of the whole machine (user, nice, system, irq, softirq, steal of every
+/// core), in clock ticks, from `/proc/stat`.
+pub fn machine_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some(
+        f.get(..8)?
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .map(|(_, v)| v)
+            .sum(),
+    )
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 if unknown).
+pub fn clock_ticks() -> f64 {
+    command_line("getconf", &["CLK_TCK"])
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// CPU the machine spends (in % of one core) over `period`, before anything starts.
+pub fn background_cpu(period: Duration) -> Option<f64> {
+    let ticks = clock_ticks();
+    let a = machine_ticks()?;
+    std::thread::sleep(period);
+    let b = machine_ticks()?;
+    Some(100.0 * b.saturating_sub(a) as f64 / ticks / period.as_secs_f64())
+}
+
+/// The pid of the first process `pgrep ARGS` lists.
+fn pgrep(args: &[&str]) -> Option<u32> {
+    command_line("pgrep", args).and_then(|p| p.parse().ok())
+}
+
+/// Broker and Redis server processes, if found.
+pub fn service_pids() -> Vec<(String, Option<u32>)> {
+    vec![
+        ("rabbitmq (beam.smp)".into(), pgrep(&["-f", "beam.smp"])),
+        (
+            "redis-server".into(),
+            pgrep(&["-x", "redis-server"]).or_else(|| pgrep(&["-f", "redis-server"])),
+        ),
+    ]
+}
+
+pub fn kb_to_mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_fields_parse() {
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(status_field(status, "VmRSS:"), Some(1024));
+        assert_eq!(status_field(status, "VmHWM:"), Some(2048));
+        assert_eq!(status_field(status, "VmSwap:"), None);
+        assert!(cpu_ticks(std::process::id()).is_some());
+        assert!(memory_kb(std::process::id()).is_some());
+    }
+}
