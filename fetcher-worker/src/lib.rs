@@ -3,6 +3,7 @@
 //!
 //! [`run`] is the whole worker; `main.rs` only parses the config and installs telemetry.
 
+pub mod acks;
 pub mod conditional;
 pub mod config;
 pub mod fetch;

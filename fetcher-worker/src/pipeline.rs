@@ -4,9 +4,9 @@
 //!
 //! Outcomes become durable in a [`Disposal`]: a confirmed publish followed by the Redis
 //! state change. Only when a disposal resolves are its deliveries' task counts decremented;
-//! a delivery is acked when its count reaches zero.
+//! a delivery is settled when its count reaches zero, and settled deliveries are acked
+//! together ([`crate::acks`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -27,6 +27,7 @@ use tributary::runtime::accounting;
 use tributary::runtime::metrics::metrics;
 use tributary::runtime::session::{Drain, Session};
 
+use crate::acks::{AckPlan, Acks};
 use crate::conditional::Conditional;
 use crate::config::Config;
 use crate::fetch::{FailedTask, Fetcher, Held, Outcome, Received, Work};
@@ -47,13 +48,6 @@ pub struct Context {
     pub rates: RateTable,
 }
 
-/// A delivery whose tasks are not all settled yet.
-struct Pending {
-    acker: Acker,
-    remaining: usize,
-    arrived: Instant,
-}
-
 /// The state of one session's loop.
 struct Pipeline {
     ctx: Arc<Context>,
@@ -61,7 +55,7 @@ struct Pipeline {
     sink: Sink,
     fetches: JoinSet<Outcome>,
     disposals: FuturesUnordered<Disposal>,
-    deliveries: HashMap<u64, Pending>,
+    acks: Acks<Acker>,
     batch: Batch,
 }
 
@@ -89,12 +83,14 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         ctx: ctx.clone(),
         fetches: JoinSet::new(),
         disposals: FuturesUnordered::new(),
-        deliveries: HashMap::new(),
+        // Settled deliveries held back behind a slow one use up prefetch: a quarter of it
+        // at most.
+        acks: Acks::new((usize::from(config.prefetch()) / 4).max(1)),
         batch: Batch::default(),
     };
     let mut drain = Drain::new(config.worker.shutdown_timeout);
     loop {
-        if drain.draining() && pipeline.deliveries.is_empty() {
+        if drain.draining() && pipeline.acks.is_empty() {
             return Ok(());
         }
         if drain.draining() && pipeline.fetches.is_empty() {
@@ -108,7 +104,7 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
                 let _ = consume.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()).await;
             }
             _ = drain.expired() => {
-                tracing::warn!(unacked = pipeline.deliveries.len(), "shutdown timeout: leaving unfinished deliveries for redelivery");
+                tracing::warn!(unacked = pipeline.acks.len(), "shutdown timeout: leaving unfinished deliveries for redelivery");
                 return Ok(());
             }
             next = consumer.next(), if !drain.draining() => {
@@ -187,17 +183,11 @@ impl Pipeline {
             properties.content_type().as_ref().map(|s| s.as_str()),
             properties.message_id().as_ref().map(|s| s.as_str()),
         );
+        self.acks.open(received.tag, delivery.acker, entries.len());
         if entries.is_empty() {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            return Ok(());
+            return self.ack_due().await;
         }
         metrics().consumed(Stage::Fetch, entries.len() as u64);
-        let pending = Pending {
-            acker: delivery.acker,
-            remaining: entries.len(),
-            arrived: Instant::now(),
-        };
-        self.deliveries.insert(received.tag, pending);
         for entry in entries {
             match entry {
                 TaskEntry::Task(task, url) => {
@@ -253,18 +243,29 @@ impl Pipeline {
         }
     }
 
-    /// Settles tasks; acks each delivery whose tasks are all settled.
+    /// Settles tasks; acks the deliveries that are due.
     async fn settle(&mut self, tags: Vec<u64>) -> anyhow::Result<()> {
         for tag in tags {
-            let Some(pending) = self.deliveries.get_mut(&tag) else {
-                continue;
-            };
-            pending.remaining -= 1;
-            if pending.remaining == 0 {
-                let pending = self.deliveries.remove(&tag).expect("present");
-                pending.acker.ack(BasicAckOptions::default()).await?;
-                metrics().delivery_held(pending.arrived.elapsed());
-            }
+            self.acks.settle(tag);
+        }
+        self.ack_due().await
+    }
+
+    /// Sends the acks that are due ([`Acks::due`]).
+    async fn ack_due(&mut self) -> anyhow::Result<()> {
+        let AckPlan {
+            multiple,
+            singles,
+            arrivals,
+        } = self.acks.due();
+        if let Some(acker) = multiple {
+            acker.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        for acker in singles {
+            acker.ack(BasicAckOptions::default()).await?;
+        }
+        for arrived in arrivals {
+            metrics().delivery_held(arrived.elapsed());
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ use tributary::runtime::session::{ConsumeOptions, Session, consume_each};
 use tributary::runtime::shutdown::CancellationToken;
 use tributary::runtime::supervise::supervise;
 use tributary::runtime::trace::TraceParent;
-use tributary::store::{Mark, Store};
+use tributary::store::Store;
 
 pub use config::Config;
 
@@ -90,7 +90,12 @@ async fn process_session(
 }
 
 /// One `process` message: decode, process every payload, publish the results (one
-/// message) and dead-letter the failures (one per task), mark Redis, then ack.
+/// message) and dead-letter the failures (one per task), then ack.
+///
+/// Processed tasks get no Redis mark of their own: the aggregator's apply advances each
+/// task through `processed` to `aggregated` in one script, exactly once, so `processed`
+/// is counted when the results are applied (a script call per batch saved; the
+/// processor's output is durable in the broker before the ack either way).
 async fn handle(
     delivery: Delivery,
     processor: Arc<dyn Processor>,
@@ -119,8 +124,6 @@ async fn handle(
     let m = metrics();
     m.consumed(Stage::Process, (results.len() + dead.len()) as u64);
     m.succeeded(Stage::Process, results.len() as u64);
-    let done: Vec<(uuid::Uuid, uuid::Uuid)> =
-        results.iter().map(|r| (r.job_id, r.task_id)).collect();
     if !results.is_empty() {
         let body = ResultBatch::new(results).to_json();
         amqp::publish_confirmed(
@@ -133,7 +136,6 @@ async fn handle(
         .await?;
     }
     bury(&publisher, &store, Stage::Process, &dead).await?;
-    store.mark_many(Mark::Processed, done).await?;
     delivery.acker.ack(BasicAckOptions::default()).await?;
     Ok(())
 }
