@@ -69,6 +69,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIBUTARY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<ApiToken>,
 
+    /// A second token that reads everything (API GETs, the dashboard) and changes nothing;
+    /// needs --api-token.
+    #[arg(long, env = "TRIBUTARY_READ_ONLY_TOKEN", hide_env_values = true)]
+    pub read_only_token: Option<ApiToken>,
+
     /// Allow serving on a non-loopback address without --api-token.
     #[arg(long)]
     pub insecure_no_auth: bool,

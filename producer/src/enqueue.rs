@@ -156,6 +156,7 @@ pub async fn publish(
         .add_to_total(job, valid)
         .await
         .context("cannot record the job's total")?;
+    tributary::store::jobs::register(target.store, job).await?;
     let started = Instant::now();
     let mut published = 0u64;
     publish_all(source, job, args, target, progress, &mut published)

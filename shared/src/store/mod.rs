@@ -7,6 +7,7 @@
 //! (one node or a cluster).
 
 pub mod conn;
+pub mod jobs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

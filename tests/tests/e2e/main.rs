@@ -8,6 +8,7 @@
 
 mod api;
 mod cluster;
+mod dashboard;
 mod deploy;
 mod dlq;
 mod encodings;
