@@ -191,6 +191,13 @@ pub struct DlqFilter {
     /// timeout, connect, invalid_task, invalid_payload, no_values, delivery_limit).
     #[arg(long, value_name = "CLASS")]
     pub error: Option<String>,
+    /// Only this task's dead letter(s).
+    #[arg(long)]
+    pub task_id: Option<Uuid>,
+    /// Only dead letters whose URL (so host), error class or reason contains TEXT
+    /// (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
 }
 
 fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {

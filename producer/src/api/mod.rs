@@ -5,8 +5,9 @@
 //! | `POST /v1/jobs` | enqueue a job: JSON `{"urls": [...]}` / `{"tasks": [...]}`, or NDJSON / text lines |
 //! | `GET /v1/jobs/{id}` | the status JSON of `producer status` |
 //! | `GET /v1/jobs/{id}/results` | the results JSON of `aggregator results` |
-//! | `GET /v1/dlq` | `producer dlq list` (query: stage, job_id, error, limit) |
+//! | `GET /v1/dlq` | `producer dlq list` (query: stage, job_id, task_id, error, search, limit, offset) |
 //! | `POST /v1/dlq/replay` | `producer dlq replay` (filters in the query or a JSON body) |
+//! | `POST /v1/dlq/purge` | `producer dlq purge` (the same; `dry_run` counts) |
 //! | `GET /v1/openapi.json` | the OpenAPI document (`producer/openapi.json`) |
 //! | `GET /healthz` | broker and Redis reachable; never needs the token |
 //! | `GET /`, `/jobs/{id}`, `/login` ... | the web dashboard ([`crate::dashboard`]) |
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod dlq;
 pub mod error;
 pub mod routes;
 
@@ -41,13 +43,14 @@ use error::ApiError;
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// The routes behind the token, as (method, path) the way `openapi.json` spells them.
-pub const ROUTES: [(&str, &str); 6] = [
+pub const ROUTES: [(&str, &str); 7] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("get", "/v1/jobs/{id}/results"),
     ("get", "/v1/dlq"),
     ("post", "/v1/dlq/replay"),
     ("get", "/v1/openapi.json"),
+    ("post", "/v1/dlq/purge"),
 ];
 
 /// The route that needs no token.
@@ -74,9 +77,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(ROUTES[0].1, post(routes::create_job))
         .route(ROUTES[1].1, get(routes::job_status))
         .route(ROUTES[2].1, get(routes::job_results))
-        .route(ROUTES[3].1, get(routes::dlq_list))
-        .route(ROUTES[4].1, post(routes::dlq_replay))
+        .route(ROUTES[3].1, get(dlq::dlq_list))
+        .route(ROUTES[4].1, post(dlq::dlq_replay))
         .route(ROUTES[5].1, get(routes::openapi))
+        .route(ROUTES[6].1, post(dlq::dlq_purge))
         .route_layer(axum::middleware::from_fn(auth::require_api));
     Router::new()
         .route(HEALTH_ROUTE.1, get(routes::healthz))

@@ -71,6 +71,12 @@ pub async fn job_page(
             (progress_bar(&status))
             (counters(&status))
         }
+        section #dead {
+            h2 { "Dead tasks" }
+            @let filters = super::dlq::Filters { job_id: status.job_id.to_string(), ..Default::default() };
+            p { strong { (status.dead) } " dead · " a href={ "/dlq?job_id=" (status.job_id) } { "see them" } " " }
+            @if status.dead > 0 { (super::dlq::actions(&caller, &filters, "these")) }
+        }
         section #results {
             h2 { "Results" }
             p.downloads {

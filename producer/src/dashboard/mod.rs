@@ -5,12 +5,15 @@
 //! | --- | --- |
 //! | `GET /` | overview: stage queues, recent jobs (paged) |
 //! | `GET /jobs/{id}` | a job: counters, progress, results (sortable), CSV / JSON |
+//! | `GET /dlq` | dead letters: filters, search, paging, counts per error class |
+//! | `POST /dlq/replay`, `POST /dlq/purge` | dry run, then confirmed change (CSRF, admin) |
 //! | `GET /login`, `POST /login`, `POST /logout` | the session cookie |
 //! | `GET /assets/*` | the embedded stylesheet (no data, no token needed) |
 //!
 //! Pages read with JavaScript off. Every page needs a caller: anonymous requests are sent
 //! to the login form; no page says anything about jobs, URLs or hosts to them.
 
+pub mod dlq;
 pub mod job;
 pub mod layout;
 pub mod login;
@@ -26,7 +29,7 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tributary::store::JobStatus;
 use uuid::Uuid;
 
@@ -93,10 +96,13 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/", get(overview::overview))
         .route("/jobs/{id}", get(job::job_page))
         .route("/jobs/{id}/results.csv", get(job::results_csv))
+        .route("/dlq", get(dlq::dlq_page))
         .route_layer(axum::middleware::from_fn(require_caller));
     Router::new()
         .route("/login", get(login::form).post(login::login))
-        .route("/logout", axum::routing::post(login::logout))
+        .route("/logout", post(login::logout))
+        .route("/dlq/replay", post(dlq::replay))
+        .route("/dlq/purge", post(dlq::purge))
         .route("/assets/style.css", get(style))
         .merge(pages)
 }
@@ -120,10 +126,10 @@ async fn style() -> Response {
         .into_response()
 }
 
-/// The page for a backend failure (503 when the broker or Redis is down).
+/// The page for a failure: 4xx for bad input, 503 when the broker or Redis is down.
 pub fn page_error(caller: &Caller, e: ApiError) -> Response {
     tracing::warn!(error = e.error, detail = %e.detail, "dashboard page failed");
-    let status = if e.status == StatusCode::SERVICE_UNAVAILABLE {
+    let status = if e.status == StatusCode::SERVICE_UNAVAILABLE || e.status.is_client_error() {
         e.status
     } else {
         StatusCode::INTERNAL_SERVER_ERROR

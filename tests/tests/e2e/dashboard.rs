@@ -11,19 +11,19 @@ use tributary::store::jobs;
 use tributary_tests::app::{App, AppOptions, connection_flags};
 use uuid::Uuid;
 
-const ADMIN: &str = "dashboard-admin-token-0123";
-const VIEWER: &str = "dashboard-viewer-token-0123";
+pub const ADMIN: &str = "dashboard-admin-token-0123";
+pub const VIEWER: &str = "dashboard-viewer-token-0123";
 
 /// A dashboard server and a client that follows no redirects.
-struct Dash {
-    base: String,
-    client: reqwest::Client,
+pub struct Dash {
+    pub base: String,
+    pub client: reqwest::Client,
     stop: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Dash {
-    async fn start(app: &App, tokens: &[&str]) -> Dash {
+    pub async fn start(app: &App, tokens: &[&str]) -> Dash {
         let mut flags = vec!["producer".to_string()];
         flags.extend(connection_flags(&app.namespace));
         flags.extend(["serve", "--listen", "127.0.0.1:0"].map(String::from));
@@ -48,7 +48,11 @@ impl Dash {
     }
 
     /// GETs a page as a browser would (Accept: text/html), with a cookie if given.
-    async fn page(&self, path: &str, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
+    pub async fn page(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> (StatusCode, String, Option<String>) {
         let mut request = self
             .client
             .get(format!("{}{path}", self.base))
@@ -63,7 +67,7 @@ impl Dash {
     }
 
     /// POSTs a form; returns the status, the body and the session cookie it set, if any.
-    async fn form(
+    pub async fn form(
         &self,
         path: &str,
         cookie: Option<&str>,
@@ -83,13 +87,13 @@ impl Dash {
     }
 
     /// Logs in with `token`; returns the `name=value` of the session cookie.
-    async fn login(&self, token: &str) -> String {
+    pub async fn login(&self, token: &str) -> String {
         let (status, _, cookie) = self.form("/login", None, &[("token", token)]).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         cookie.expect("a session cookie")
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.stop.cancel();
         self.handle.await.unwrap().unwrap();
     }
@@ -117,7 +121,7 @@ fn session_cookie(response: &reqwest::Response) -> Option<String> {
 }
 
 /// The CSRF token of the forms of a page.
-fn csrf_of(html: &str) -> String {
+pub fn csrf_of(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
     html[at..].split('"').next().unwrap().to_string()
 }

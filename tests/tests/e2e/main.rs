@@ -9,6 +9,7 @@
 mod api;
 mod cluster;
 mod dashboard;
+mod dashboard_dlq;
 mod deploy;
 mod dlq;
 mod encodings;
