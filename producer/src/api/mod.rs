@@ -183,6 +183,7 @@ impl Server {
     /// Serves until the shutdown token is cancelled, then finishes in-flight requests.
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "serving the HTTP API");
+        crate::dashboard::live::start(self.api.clone(), self.api.shutdown.clone());
         let stop = self.api.shutdown.clone();
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -25,6 +25,9 @@ pub fn page(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · tributary" }
                 link rel="stylesheet" href="/assets/style.css";
+                link rel="stylesheet" href="/assets/uplot.css";
+                script src="/assets/uplot.js" defer {}
+                script src="/assets/live.js" defer {}
             }
             body {
                 header {

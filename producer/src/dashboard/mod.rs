@@ -8,7 +8,8 @@
 //! | `GET /dlq` | dead letters: filters, search, paging, counts per error class |
 //! | `POST /dlq/replay`, `POST /dlq/purge` | dry run, then confirmed change (CSRF, admin) |
 //! | `GET /login`, `POST /login`, `POST /logout` | the session cookie |
-//! | `GET /assets/*` | the embedded stylesheet (no data, no token needed) |
+//! | `GET /events`, `GET /throughput.json` | live snapshots (SSE), throughput history ([`live`]) |
+//! | `GET /assets/*` | the embedded stylesheet, `live.js`, uPlot (no data, no token needed) |
 //!
 //! Pages read with JavaScript off. Every page needs a caller: anonymous requests are sent
 //! to the login form; no page says anything about jobs, URLs or hosts to them.
@@ -16,6 +17,7 @@
 pub mod dlq;
 pub mod job;
 pub mod layout;
+pub mod live;
 pub mod login;
 pub mod overview;
 pub mod queues;
@@ -38,7 +40,29 @@ use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use layout::error_page;
 
-const STYLE: &str = include_str!("assets/style.css");
+/// The embedded static files: (path, content type, body).
+const ASSETS: [(&str, &str, &str); 4] = [
+    (
+        "/assets/style.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/style.css"),
+    ),
+    (
+        "/assets/live.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/live.js"),
+    ),
+    (
+        "/assets/uplot.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/vendor/uplot/uPlot.iife.min.js"),
+    ),
+    (
+        "/assets/uplot.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/vendor/uplot/uPlot.min.css"),
+    ),
+];
 
 /// A running job without progress for this long is shown as stalled.
 pub const STALLED_AFTER: Duration = Duration::from_secs(60);
@@ -54,10 +78,11 @@ pub enum JobState {
     Stalled,
 }
 
-/// The dashboard's own state: when each job shown last made progress.
+/// The dashboard's own state: when each job shown last made progress, and the live side.
 #[derive(Debug, Default)]
 pub struct Dashboard {
     progress: Mutex<HashMap<Uuid, (u64, Instant)>>,
+    pub live: live::Live,
 }
 
 impl Dashboard {
@@ -97,13 +122,15 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/jobs/{id}", get(job::job_page))
         .route("/jobs/{id}/results.csv", get(job::results_csv))
         .route("/dlq", get(dlq::dlq_page))
+        .route("/events", get(live::events))
+        .route("/throughput.json", get(live::throughput))
         .route_layer(axum::middleware::from_fn(require_caller));
     Router::new()
         .route("/login", get(login::form).post(login::login))
         .route("/logout", post(login::logout))
         .route("/dlq/replay", post(dlq::replay))
         .route("/dlq/purge", post(dlq::purge))
-        .route("/assets/style.css", get(style))
+        .route("/assets/{file}", get(asset))
         .merge(pages)
 }
 
@@ -115,13 +142,16 @@ pub async fn require_caller(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-async fn style() -> Response {
+async fn asset(uri: axum::http::Uri) -> Response {
+    let Some((_, content_type, body)) = ASSETS.iter().find(|(path, ..)| *path == uri.path()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, *content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        STYLE,
+        *body,
     )
         .into_response()
 }

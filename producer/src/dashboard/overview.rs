@@ -55,6 +55,7 @@ pub async fn overview(
     let now = tributary::message::now_ms();
     let body = html! {
         section #queues { h2 { "Queues" } (queue_table(queues.as_deref())) }
+        section #throughput { h2 { "Throughput" } (super::live::chart()) }
         section #jobs {
             h2 { "Jobs" }
             (jobs_table(&api, &listed.jobs, now))

@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod jobs;
+pub mod throughput;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -334,3 +334,84 @@ async fn without_a_token_pages_are_open_and_forms_still_need_csrf() {
     dash.stop().await;
     app.shutdown().await.unwrap();
 }
+
+/// Reads `GET /events` until a snapshot contains every string of `wanted`; returns the
+/// events read. Bounded by a generous limit so a broken stream fails instead of hanging.
+async fn events_until(dash: &Dash, cookie: &str, wanted: &[&str]) -> String {
+    let url = format!("{}/events", dash.base);
+    let request = dash.client.get(url).header(header::COOKIE, cookie);
+    let mut response = request.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let mut seen = String::new();
+    let read = async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            let last = seen.rsplit("event: snapshot").next().unwrap_or_default();
+            if wanted.iter().all(|w| last.contains(w)) {
+                return;
+            }
+        }
+        panic!("the event stream ended");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), read)
+        .await
+        .expect("no snapshot with the progress within 120 s");
+    seen
+}
+
+#[tokio::test]
+async fn live_snapshots_follow_progress_and_the_history_outlives_a_restart() {
+    let app = App::spawn("dash-live", AppOptions::no_stages())
+        .await
+        .unwrap();
+    let job = jobs_created(&app, 1).await[0];
+    let dash = Dash::start(&app, &["--api-token", ADMIN]).await;
+    let cookie = dash.login(ADMIN).await;
+    let anonymous = dash.client.get(format!("{}/events", dash.base));
+    let refused = anonymous.send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let id = format!("\"job_id\":\"{job}\"");
+    events_until(
+        &dash,
+        &cookie,
+        &[&id, "\"fetched\":0", "\"state\":\"running\""],
+    )
+    .await;
+    let mut redis = app.store.connection();
+    let status = app.names.status_key(job);
+    let _: i64 = redis.hincr(&status, "fetched", 7).await.unwrap();
+    let _: i64 = redis.hincr(&status, "aggregated", 10).await.unwrap();
+    events_until(
+        &dash,
+        &cookie,
+        &[&id, "\"fetched\":7", "\"state\":\"done\""],
+    )
+    .await;
+    let history = |dash: &Dash| {
+        let url = format!("{}/throughput.json", dash.base);
+        dash.client
+            .get(url)
+            .header(header::COOKIE, cookie.clone())
+            .send()
+    };
+    let points: serde_json::Value = history(&dash).await.unwrap().json().await.unwrap();
+    let points = points["points"].as_array().unwrap().clone();
+    assert!(
+        points.iter().any(|p| p["fetched"].as_f64().unwrap() > 0.0),
+        "{points:?}"
+    );
+    dash.stop().await;
+    let again = Dash::start(&app, &["--api-token", ADMIN]).await;
+    let cookie = again.login(ADMIN).await;
+    let url = format!("{}/throughput.json", again.base);
+    let response = again.client.get(url).header(header::COOKIE, cookie).send();
+    let kept: serde_json::Value = response.await.unwrap().json().await.unwrap();
+    assert!(kept["points"].as_array().unwrap().len() >= points.len());
+    again.stop().await;
+    app.shutdown().await.unwrap();
+}
