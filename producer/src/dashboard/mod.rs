@@ -8,6 +8,7 @@
 //! | `GET /dlq` | dead letters: filters, search, paging, counts per error class |
 //! | `POST /dlq/replay`, `POST /dlq/purge` | dry run, then confirmed change (CSRF, admin) |
 //! | `GET /login`, `POST /login`, `POST /logout` | the session cookie |
+//! | `GET /hosts` | per-host limiter state: pause, AIMD factor, leases, next slot, backlog |
 //! | `GET /events`, `GET /throughput.json` | live snapshots (SSE), throughput history ([`live`]) |
 //! | `GET /assets/*` | the embedded stylesheet, `live.js`, uPlot (no data, no token needed) |
 //!
@@ -15,6 +16,7 @@
 //! to the login form; no page says anything about jobs, URLs or hosts to them.
 
 pub mod dlq;
+pub mod hosts;
 pub mod job;
 pub mod layout;
 pub mod live;
@@ -122,6 +124,7 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/jobs/{id}", get(job::job_page))
         .route("/jobs/{id}/results.csv", get(job::results_csv))
         .route("/dlq", get(dlq::dlq_page))
+        .route("/hosts", get(hosts::hosts_page))
         .route("/events", get(live::events))
         .route("/throughput.json", get(live::throughput))
         .route_layer(axum::middleware::from_fn(require_caller));

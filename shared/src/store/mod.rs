@@ -7,6 +7,7 @@
 //! (one node or a cluster).
 
 pub mod conn;
+pub mod hosts;
 pub mod jobs;
 pub mod throughput;
 

@@ -415,3 +415,49 @@ async fn live_snapshots_follow_progress_and_the_history_outlives_a_restart() {
     again.stop().await;
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_hosts_page_shows_the_limiter_state_of_each_host() {
+    let app = App::spawn("dash-hosts", AppOptions::no_stages())
+        .await
+        .unwrap();
+    let dash = Dash::start(&app, &["--api-token", ADMIN]).await;
+    let cookie = dash.login(ADMIN).await;
+    let (status, html, _) = dash.page("/hosts", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("No host has limiter state"), "{html}");
+    // The fetcher's formats: Redis time in microseconds, the AIMD factor in a hash.
+    let mut redis = app.store.connection();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let later = (secs * 1_000_000 + micros + 60_000_000).to_string();
+    let names = &app.names;
+    let _: () = redis
+        .set(names.host_pause_key("slow.example"), &later)
+        .await
+        .unwrap();
+    let rate = names.host_rate_key("slow.example");
+    let _: () = redis.hset(&rate, "f", "0.250000").await.unwrap();
+    let leases = names.host_leases_key("busy.example");
+    let _: () = redis.zadd(&leases, "lease-1", &later).await.unwrap();
+    let _: () = redis.zadd(&leases, "lease-2", &later).await.unwrap();
+    let _: () = redis.zadd(&leases, "ended", 1).await.unwrap();
+    let (_, html, _) = dash.page("/hosts", Some(&cookie)).await;
+    let row = |host: &str| {
+        let at = html.find(&format!("data-host=\"{host}\"")).expect(host);
+        html[at..].split("</tr>").next().unwrap().to_string()
+    };
+    let slow = row("slow.example");
+    assert!(
+        slow.contains("0.25") && slow.contains("class=\"paused\""),
+        "{slow}"
+    );
+    let busy = row("busy.example");
+    assert!(busy.contains("<td class=\"num\">2</td>"), "{busy}");
+    let (status, _, to) = dash.page("/hosts", None).await;
+    assert_eq!(
+        (status, to.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/login"))
+    );
+    dash.stop().await;
+    app.shutdown().await.unwrap();
+}
