@@ -76,6 +76,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TRIBUTARY_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<ApiToken>,
 
+    /// A second token that reads everything (API GETs, the dashboard) and changes nothing;
+    /// needs --api-token.
+    #[arg(long, env = "TRIBUTARY_READ_ONLY_TOKEN", hide_env_values = true)]
+    pub read_only_token: Option<ApiToken>,
+
     /// Allow serving on a non-loopback address without --api-token.
     #[arg(long)]
     pub insecure_no_auth: bool,
@@ -193,6 +198,13 @@ pub struct DlqFilter {
     /// timeout, connect, invalid_task, invalid_payload, no_values, delivery_limit).
     #[arg(long, value_name = "CLASS")]
     pub error: Option<String>,
+    /// Only this task's dead letter(s).
+    #[arg(long)]
+    pub task_id: Option<Uuid>,
+    /// Only dead letters whose URL (so host), error class or reason contains TEXT
+    /// (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
 }
 
 fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {

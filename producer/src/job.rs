@@ -24,6 +24,7 @@ pub async fn create(store: &Store, job: Option<Uuid>, tasks: u64) -> anyhow::Res
         .add_to_total(job, tasks)
         .await
         .context("cannot record the job's total")?;
+    tributary::store::jobs::register(store, job).await?;
     let status = store
         .status(job)
         .await?

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod dlq;
 pub mod enqueue;
 pub mod identity;

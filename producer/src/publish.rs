@@ -74,6 +74,7 @@ pub async fn begin(
         .begin_input(at, &identity.fingerprint)
         .await
         .context("cannot record the input in its job")?;
+    tributary::store::jobs::register(store, job).await?;
     if checkpoint.fingerprint != identity.fingerprint {
         return Err(InputMismatch {
             job,

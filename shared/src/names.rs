@@ -180,6 +180,18 @@ impl Names {
         format!("{}:cond:{{{:016x}}}", self.ns, fnv1a(url.as_bytes()))
     }
 
+    /// Sorted set of the namespace's jobs, job id scored by its creation time (ms): the
+    /// dashboard's job listing (`store::jobs`). One key, so one slot of a Redis Cluster;
+    /// written once per job, read a page at a time.
+    pub fn jobs_index_key(&self) -> String {
+        format!("{}:jobs", self.ns)
+    }
+
+    /// Sorted set of throughput samples (the dashboard's history), scored by sample time.
+    pub fn throughput_key(&self) -> String {
+        format!("{}:throughput", self.ns)
+    }
+
     /// The keys of one job, for clean-up.
     pub fn job_keys(&self, job: Uuid) -> [String; 4] {
         [

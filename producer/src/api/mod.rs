@@ -5,10 +5,12 @@
 //! | `POST /v1/jobs` | enqueue a job: JSON `{"urls": [...]}` / `{"tasks": [...]}`, or NDJSON / text lines |
 //! | `GET /v1/jobs/{id}` | the status JSON of `producer status` |
 //! | `GET /v1/jobs/{id}/results` | the results JSON of `aggregator results` |
-//! | `GET /v1/dlq` | `producer dlq list` (query: stage, job_id, error, limit) |
+//! | `GET /v1/dlq` | `producer dlq list` (query: stage, job_id, task_id, error, search, limit, offset) |
 //! | `POST /v1/dlq/replay` | `producer dlq replay` (filters in the query or a JSON body) |
+//! | `POST /v1/dlq/purge` | `producer dlq purge` (the same; `dry_run` counts) |
 //! | `GET /v1/openapi.json` | the OpenAPI document (`producer/openapi.json`) |
 //! | `GET /healthz` | broker and Redis reachable; never needs the token |
+//! | `GET /`, `/jobs/{id}`, `/login` ... | the web dashboard ([`crate::dashboard`]) |
 //!
 //! Handlers call the code the CLI runs ([`crate::enqueue`], [`crate::dlq`], the store) over
 //! one broker connection and one Redis store ([`backend`]). Errors are
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod dlq;
 pub mod error;
 pub mod idempotency;
 pub mod routes;
@@ -41,13 +44,14 @@ use error::ApiError;
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// The routes behind the token, as (method, path) the way `openapi.json` spells them.
-pub const ROUTES: [(&str, &str); 6] = [
+pub const ROUTES: [(&str, &str); 7] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("get", "/v1/jobs/{id}/results"),
     ("get", "/v1/dlq"),
     ("post", "/v1/dlq/replay"),
     ("get", "/v1/openapi.json"),
+    ("post", "/v1/dlq/purge"),
 ];
 
 /// The route that needs no token.
@@ -56,6 +60,10 @@ pub const HEALTH_ROUTE: (&str, &str) = ("get", "/healthz");
 /// What every handler shares.
 pub struct Api {
     pub backends: Backends,
+    /// The tokens and the session cookie key.
+    pub access: auth::Access,
+    /// The dashboard's state.
+    pub dashboard: crate::dashboard::Dashboard,
     pub publish: PublishArgs,
     pub max_body_bytes: u64,
     /// Cancelled when the server stops (interrupts long dead-letter passes).
@@ -63,26 +71,28 @@ pub struct Api {
 }
 
 /// The router: every route of [`ROUTES`] behind the token (when there is one), `/healthz`
-/// without, JSON 404 / 405 for the rest.
-pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
-    let mut v1 = Router::new()
+/// without, the dashboard ([`crate::dashboard`]); for the rest a 404 to known callers and
+/// a 401 (or the login form) to anonymous ones, so no path is confirmed to them.
+pub fn router(api: Arc<Api>) -> Router {
+    let v1 = Router::new()
         .route(ROUTES[0].1, post(routes::create_job))
         .route(ROUTES[1].1, get(routes::job_status))
         .route(ROUTES[2].1, get(routes::job_results))
-        .route(ROUTES[3].1, get(routes::dlq_list))
-        .route(ROUTES[4].1, post(routes::dlq_replay))
-        .route(ROUTES[5].1, get(routes::openapi));
-    if let Some(token) = token {
-        v1 = v1.route_layer(axum::middleware::from_fn_with_state(
-            Arc::new(token),
-            auth::require_token,
-        ));
-    }
+        .route(ROUTES[3].1, get(dlq::dlq_list))
+        .route(ROUTES[4].1, post(dlq::dlq_replay))
+        .route(ROUTES[5].1, get(routes::openapi))
+        .route(ROUTES[6].1, post(dlq::dlq_purge))
+        .route_layer(axum::middleware::from_fn(auth::require_api));
     Router::new()
         .route(HEALTH_ROUTE.1, get(routes::healthz))
         .merge(v1)
+        .merge(crate::dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            auth::identify,
+        ))
         // 5xx answers are logged (as warnings) where they are made, with their reason.
         .layer(
             TraceLayer::new_for_http()
@@ -91,8 +101,25 @@ pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
         .with_state(api)
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found("not found", format!("no route {method} {}", uri.path()))
+async fn not_found(
+    caller: Option<axum::Extension<auth::Caller>>,
+    headers: axum::http::HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let Some(axum::Extension(caller)) = caller else {
+        return crate::dashboard::login::anonymous(&headers);
+    };
+    let html = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if html {
+        let status = axum::http::StatusCode::NOT_FOUND;
+        return crate::dashboard::layout::error_page(status, Some(&caller), "No such page.");
+    }
+    ApiError::not_found("not found", format!("no route {method} {}", uri.path())).into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
@@ -120,8 +147,8 @@ impl Server {
         args: &ServeArgs,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Server> {
-        let token = auth::required_token(args)?;
-        if token.is_none() {
+        let access = auth::Access::from_args(args)?;
+        if access.is_open() {
             tracing::warn!(listen = %args.listen, "serving without an API token");
         }
         let listener = TcpListener::bind(args.listen)
@@ -130,6 +157,8 @@ impl Server {
         let addr = listener.local_addr()?;
         let api = Arc::new(Api {
             backends: Backends::new(connection),
+            access,
+            dashboard: Default::default(),
             publish: args.publish.clone(),
             max_body_bytes: args.max_body_bytes,
             shutdown,
@@ -138,7 +167,7 @@ impl Server {
         if !(broker && redis) {
             tracing::warn!(broker, redis, "not every backend is reachable yet");
         }
-        let router = router(api.clone(), token);
+        let router = router(api.clone());
         Ok(Server {
             listener,
             addr,
@@ -155,6 +184,7 @@ impl Server {
     /// Serves until the shutdown token is cancelled, then finishes in-flight requests.
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "serving the HTTP API");
+        crate::dashboard::live::start(self.api.clone(), self.api.shutdown.clone());
         let stop = self.api.shutdown.clone();
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -5,21 +5,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
-use tributary::names::Stage;
 use uuid::Uuid;
 
 use super::Api;
 use super::body::{self, JobBody};
 use super::error::ApiError;
 use super::idempotency;
-use crate::config::{DlqCommand, DlqFilter};
 use crate::enqueue::{self, Rejected, Target};
 use crate::input::{Format, MAX_REPORTED, Scan, scan};
 use crate::publish::{self, InputMismatch};
@@ -40,12 +37,12 @@ struct JobAccepted {
     skipped: u64,
 }
 
-fn invalid_query(e: QueryRejection) -> ApiError {
+pub(super) fn invalid_query(e: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid query", e.body_text())
 }
 
 /// Two settings that must agree when both are given (query and body).
-fn agree<T: PartialEq + std::fmt::Display>(
+pub(super) fn agree<T: PartialEq + std::fmt::Display>(
     name: &str,
     query: Option<T>,
     body: Option<T>,
@@ -244,160 +241,6 @@ pub async fn job_results(
     job_view(&api, path, JobView::Results).await
 }
 
-/// Dead-letter filters and options, from the query or a JSON body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DlqParams {
-    stage: Option<String>,
-    job_id: Option<Uuid>,
-    error: Option<String>,
-    limit: Option<u64>,
-    dry_run: Option<bool>,
-}
-
-/// `GET /v1/dlq` lists at most this many without `limit`.
-pub const DEFAULT_DLQ_LIMIT: u64 = 1000;
-
-fn filter_of(params: &DlqParams) -> Result<DlqFilter, ApiError> {
-    let stage = match params.stage.as_deref() {
-        None => None,
-        Some(name) => Some(Stage::parse(name).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid stage",
-                format!("stage {name:?} is not fetch, process or results"),
-            )
-        })?),
-    };
-    Ok(DlqFilter {
-        stage,
-        job_id: params.job_id,
-        error: params.error.clone(),
-    })
-}
-
-/// Runs a `dlq` command on the server's connection; returns its output lines.
-async fn run_dlq(api: &Api, command: &DlqCommand) -> Result<Vec<u8>, ApiError> {
-    let store = match command {
-        DlqCommand::Replay { dry_run: false, .. } => Some(api.backends.store().await?),
-        _ => None,
-    };
-    let broker = api.backends.broker().await?;
-    let mut out = Vec::new();
-    crate::dlq::run_on(
-        &broker.conn,
-        store,
-        api.backends.connection(),
-        command,
-        &api.shutdown,
-        &mut out,
-    )
-    .await
-    .map_err(|e| ApiError::from_runtime(&e))?;
-    Ok(out)
-}
-
-/// NDJSON lines as one JSON array (each line is one JSON value).
-fn json_array(lines: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(lines.len() + 2);
-    out.push(b'[');
-    for (i, line) in lines
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(line);
-    }
-    out.push(b']');
-    out
-}
-
-fn wants_ndjson(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("ndjson"))
-}
-
-/// `GET /v1/dlq`: as `producer dlq list`; a JSON array, or NDJSON with
-/// `Accept: application/x-ndjson`.
-pub async fn dlq_list(
-    State(api): State<Arc<Api>>,
-    query: Result<Query<DlqParams>, QueryRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Query(params) = query.map_err(invalid_query)?;
-    if params.dry_run.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid query",
-            "dry_run applies to POST /v1/dlq/replay",
-        ));
-    }
-    let command = DlqCommand::List {
-        filter: filter_of(&params)?,
-        limit: Some(params.limit.unwrap_or(DEFAULT_DLQ_LIMIT)),
-    };
-    let lines = run_dlq(&api, &command).await?;
-    let (content_type, body) = if wants_ndjson(&headers) {
-        ("application/x-ndjson", lines)
-    } else {
-        ("application/json", json_array(&lines))
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
-}
-
-/// `POST /v1/dlq/replay`: as `producer dlq replay`; filters in the query or a JSON body.
-/// Answers `{"replayed": N}`; with `dry_run`, `{"replayed": 0, "would_replay": N,
-/// "dead_letters": [...]}`.
-pub async fn dlq_replay(
-    State(api): State<Arc<Api>>,
-    query: Result<Query<DlqParams>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(invalid_query)?;
-    let body = body.map_err(|e| ApiError::new(e.status(), "unreadable body", e.body_text()))?;
-    let from_body: DlqParams = if body.iter().all(u8::is_ascii_whitespace) {
-        DlqParams::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid JSON body", e.to_string()))?
-    };
-    let params = DlqParams {
-        stage: agree("stage", query.stage, from_body.stage)?,
-        job_id: agree("job_id", query.job_id, from_body.job_id)?,
-        error: agree("error", query.error, from_body.error)?,
-        limit: agree("limit", query.limit, from_body.limit)?,
-        dry_run: agree("dry_run", query.dry_run, from_body.dry_run)?,
-    };
-    if params.limit.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid parameters",
-            "limit applies to GET /v1/dlq",
-        ));
-    }
-    let dry_run = params.dry_run.unwrap_or(false);
-    let command = DlqCommand::Replay {
-        filter: filter_of(&params)?,
-        dry_run,
-    };
-    let lines = run_dlq(&api, &command).await?;
-    let mut values: Vec<serde_json::Value> = lines
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(serde_json::from_slice)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::internal(format!("dlq printed a line that is not JSON: {e}")))?;
-    let mut summary = values
-        .pop()
-        .ok_or_else(|| ApiError::internal("dlq replay printed no summary"))?;
-    if dry_run {
-        summary["dead_letters"] = serde_json::Value::Array(values);
-    }
-    Ok(Json(summary).into_response())
-}
-
 /// `GET /healthz` (no token): 200 when the broker and Redis answer, else 503.
 pub async fn healthz(State(api): State<Arc<Api>>) -> Response {
     let (broker, redis) = api.backends.health().await;
@@ -423,15 +266,6 @@ pub async fn openapi() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dlq_lines_become_an_array() {
-        assert_eq!(json_array(b""), b"[]");
-        assert_eq!(
-            json_array(b"{\"a\":1}\n{\"b\":2}\n"),
-            b"[{\"a\":1},{\"b\":2}]"
-        );
-    }
 
     #[test]
     fn invalid_lines_are_named() {

@@ -8,7 +8,10 @@
 
 pub mod census;
 pub mod conn;
+pub mod hosts;
 pub mod inputs;
+pub mod jobs;
+pub mod throughput;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

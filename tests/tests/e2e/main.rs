@@ -8,6 +8,8 @@
 
 mod api;
 mod cluster;
+mod dashboard;
+mod dashboard_dlq;
 mod deploy;
 mod dlq;
 mod encodings;

@@ -1,0 +1,64 @@
+// tributary dashboard: live numbers (Server-Sent Events from /events) and the throughput
+// chart (uPlot, history from /throughput.json). Pages work without it; this only updates.
+(function () {
+  "use strict";
+  var chartEl = document.getElementById("chart");
+  var span = chartEl ? Number(chartEl.dataset.span || 900) : 900;
+  var data = [[], [], []];
+  var plot = null;
+
+  function push(p) {
+    data[0].push(p.t); data[1].push(p.fetched); data[2].push(p.aggregated);
+    while (data[0].length && data[0][0] < p.t - span) { data[0].shift(); data[1].shift(); data[2].shift(); }
+  }
+
+  if (chartEl && window.uPlot) {
+    fetch("/throughput.json", { credentials: "same-origin" })
+      .then(function (r) { return r.json(); })
+      .then(function (j) {
+        (j.points || []).forEach(push);
+        plot = new uPlot({
+          width: Math.min(chartEl.clientWidth || 900, 1150), height: 220,
+          series: [{}, { label: "fetched /s", stroke: "#3b6fd8" }, { label: "aggregated /s", stroke: "#2e9d5b" }],
+          axes: [{}, { label: "URLs/s" }]
+        }, data, chartEl);
+      });
+  }
+
+  function setText(el, text) { if (el && el.textContent !== String(text)) { el.textContent = text; } }
+
+  function updateBar(bar, j) {
+    if (!bar) { return; }
+    var total = Math.max(j.total, 1);
+    var parts = { ok: j.aggregated, dead: j.dead, retrying: j.retrying };
+    Object.keys(parts).forEach(function (k) {
+      var span = bar.querySelector("." + k);
+      if (span) { span.style.width = Math.min(100, parts[k] / total * 100).toFixed(2) + "%"; }
+    });
+  }
+
+  function updateJob(j) {
+    document.querySelectorAll('[data-job="' + j.job_id + '"]').forEach(function (row) {
+      updateBar(row.querySelector(".bar"), j);
+      setText(row.querySelector(".counts"), j.aggregated + " / " + j.total + (j.dead > 0 ? ", " + j.dead + " dead" : ""));
+      var state = row.querySelector(".state");
+      if (state) { setText(state, j.state); state.className = "state " + j.state; }
+      row.querySelectorAll("[data-counter]").forEach(function (dd) {
+        var v = j[dd.dataset.counter]; if (v !== undefined) { setText(dd, v); }
+      });
+    });
+  }
+
+  if (!window.EventSource) { return; }
+  var events = new EventSource("/events");
+  events.addEventListener("snapshot", function (ev) {
+    var s = JSON.parse(ev.data);
+    (s.queues || []).forEach(function (q) {
+      var cell = document.querySelector('td[data-queue="' + q.queue + '"]');
+      if (cell && q.ready !== null) { setText(cell, q.ready); }
+    });
+    (s.jobs || []).forEach(updateJob);
+    if (s.rate) { push(s.rate); if (plot) { plot.setData(data); } }
+    document.body.dataset.live = "on";
+  });
+})();

@@ -1,0 +1,172 @@
+//! One pass over a dead-letter queue (see [`super`]): read with `basic.get`, unacked, at
+//! most what the queue held when the pass began; and what a dead letter says about itself.
+
+use anyhow::Context as _;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use tributary::broker::amqp;
+use tributary::broker::deadletter::{BrokerDeath, DeadInfo};
+use tributary::message::{CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, CONTENT_TYPE_TASK};
+use tributary::names::{Names, Stage};
+
+/// header is missing, and a message the broker dead-lettered by itself straight into the
+/// dead-letter queue (only an older version's topology did that) is described from the
+/// latest entry of its `x-death` header, so its error class is `delivery_limit`.
+pub fn describe(properties: &BasicProperties, stage: Stage) -> DeadInfo {
+    let mut info = DeadInfo::from_properties(properties);
+    info.stage.get_or_insert_with(|| stage.as_str().to_string());
+    if info.error.is_none()
+        && let Some(death) = BrokerDeath::of(properties)
+    {
+        info.reason.get_or_insert(death.failure().reason);
+        info.attempts = info.attempts.or(death.deliveries);
+        info.error = Some(death.class().as_str().to_string());
+    }
+    info
+}
+
+/// The content type a stage expects, for a dead letter that has none.
+pub(super) fn default_content_type(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Fetch => CONTENT_TYPE_TASK,
+        Stage::Process => CONTENT_TYPE_PAYLOADS,
+        Stage::Results => CONTENT_TYPE_RESULTS,
+    }
+}
+
+/// A dead letter taken from its queue and not yet acked.
+pub(super) struct Dead {
+    pub(super) info: DeadInfo,
+    pub(super) delivery: lapin::message::Delivery,
+}
+
+/// One pass over a dead-letter queue (see the module documentation).
+pub(super) struct Pass {
+    channel: Channel,
+    queue: String,
+    pub(super) stage: Stage,
+    left: u32,
+}
+
+impl Pass {
+    pub(super) async fn open(
+        conn: &Connection,
+        names: &Names,
+        stage: Stage,
+    ) -> anyhow::Result<Pass> {
+        let channel = conn.create_channel().await?;
+        let queue = names.dead_queue(stage);
+        let left = amqp::queue_depth(&channel, &queue)
+            .await
+            .with_context(|| format!("cannot open the dead-letter queue {queue}"))?;
+        Ok(Pass {
+            channel,
+            queue,
+            stage,
+            left,
+        })
+    }
+
+    /// The next dead letter of the pass, unacked; `None` when the pass is through.
+    pub(super) async fn next(&mut self) -> anyhow::Result<Option<Dead>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let got = self
+            .channel
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .with_context(|| format!("cannot read the dead-letter queue {}", self.queue))?;
+        Ok(got.map(|message| Dead {
+            info: describe(&message.delivery.properties, self.stage),
+            delivery: message.delivery,
+        }))
+    }
+
+    /// Ends the pass: the broker has then applied every ack, and everything not acked is
+    /// back in the queue, in its place.
+    pub(super) async fn close(self) -> anyhow::Result<()> {
+        self.channel
+            .close(200, "dlq pass done".into())
+            .await
+            .with_context(|| format!("closing the pass over {}", self.queue))
+    }
+}
+
+/// Acks (removes) a dead letter.
+pub(super) async fn ack(dead: &Dead) -> anyhow::Result<()> {
+    let acked = dead.delivery.acker.ack(BasicAckOptions::default()).await?;
+    anyhow::ensure!(
+        acked,
+        "the broker channel closed before a dead letter could be removed"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use tributary::broker::amqp::HeadersExt;
+    use tributary::broker::deadletter::{TaskRef, dead_properties};
+    use tributary::policy::{ErrorClass, Failure};
+    use uuid::Uuid;
+
+    #[test]
+    fn describe_reads_tributary_headers() {
+        let task = TaskRef {
+            job_id: Some(Uuid::new_v4()),
+            task_id: Some(Uuid::new_v4()),
+            url: Some("http://a.example/1".into()),
+            enqueued_ms: Some(7),
+            traceparent: None,
+        };
+        let props = dead_properties(
+            CONTENT_TYPE_TASK,
+            Stage::Fetch,
+            &Failure::http(404, None),
+            2,
+            &task,
+        );
+        let dead = describe(&props, Stage::Fetch);
+        assert_eq!(dead, DeadInfo::from_properties(&props));
+        assert_eq!(dead.error.as_deref(), Some(ErrorClass::HttpStatus.as_str()));
+        assert_eq!(dead.attempts, Some(2));
+    }
+
+    #[test]
+    fn describe_fills_the_stage_and_broker_dead_letters() {
+        let bare = describe(&BasicProperties::default(), Stage::Results);
+        assert_eq!(bare.stage.as_deref(), Some("results"));
+        assert_eq!((bare.error, bare.job_id), (None, None));
+
+        let mut headers = FieldTable::default();
+        headers.set_str("x-first-death-reason", "delivery_limit");
+        headers.set_str("x-first-death-queue", "ns.process");
+        headers.insert("x-delivery-count".into(), AMQPValue::LongInt(10));
+        headers.insert(
+            "x-other".into(),
+            AMQPValue::LongString(LongString::from("ignored")),
+        );
+        let props = BasicProperties::default().with_headers(headers);
+        let dead = describe(&props, Stage::Process);
+        assert_eq!(
+            dead.error.as_deref(),
+            Some(ErrorClass::DeliveryLimit.as_str())
+        );
+        assert_eq!(dead.attempts, Some(10));
+        assert_eq!(dead.stage.as_deref(), Some("process"));
+        assert!(dead.reason.unwrap().contains("ns.process"));
+    }
+
+    #[test]
+    fn the_default_content_types_are_the_stages() {
+        assert_eq!(default_content_type(Stage::Fetch), CONTENT_TYPE_TASK);
+        assert_eq!(default_content_type(Stage::Process), CONTENT_TYPE_PAYLOADS);
+        assert_eq!(default_content_type(Stage::Results), CONTENT_TYPE_RESULTS);
+    }
+}

@@ -1,0 +1,167 @@
+//! The dashboard's dead-letter page and actions, and the dead-letter API routes they share:
+//! filters, search, paging, dry run then confirm, purge, CSRF and the read-only token.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tributary::broker::amqp;
+use tributary::broker::deadletter::{TaskRef, dead_properties};
+use tributary::broker::topology::Topology;
+use tributary::message::CONTENT_TYPE_TASK;
+use tributary::names::{Names, Stage};
+use tributary::policy::{ErrorClass, Failure};
+use tributary::runtime::config::QueueType;
+use tributary_tests::app::{App, AppOptions};
+use uuid::Uuid;
+
+use super::dashboard::{ADMIN, Dash, VIEWER, csrf_of};
+
+/// Puts a fetch dead letter of `job` for `url` with `failure` in the dead-letter queue.
+async fn bury(app: &App, job: Uuid, url: &str, failure: Failure) {
+    let conn = app.broker().await.unwrap();
+    let channel = amqp::confirm_channel(&conn).await.unwrap();
+    Topology::new(app.names.clone(), QueueType::Classic)
+        .declare(&channel)
+        .await
+        .unwrap();
+    let task = TaskRef {
+        job_id: Some(job),
+        task_id: Some(Uuid::new_v4()),
+        url: Some(url.into()),
+        enqueued_ms: None,
+        traceparent: None,
+    };
+    let body = serde_json::json!({"job_id": job, "task_id": task.task_id, "url": url});
+    let props = dead_properties(CONTENT_TYPE_TASK, Stage::Fetch, &failure, 1, &task);
+    amqp::publish_confirmed(
+        &channel,
+        app.names.exchange(),
+        &Names::dead_routing_key(Stage::Fetch),
+        body.to_string().as_bytes(),
+        props,
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "buried".into()).await;
+}
+
+async fn api_dlq(dash: &Dash, query: &str) -> Vec<Value> {
+    let url = format!("{}/v1/dlq{query}", dash.base);
+    let response = dash
+        .client
+        .get(url)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn api_post(dash: &Dash, path: &str, token: &str) -> (StatusCode, Value) {
+    let url = format!("{}{path}", dash.base);
+    let response = dash
+        .client
+        .post(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn dead_letters_are_filtered_searched_replayed_and_purged() {
+    let app = App::spawn("dash-dlq", AppOptions::no_stages())
+        .await
+        .unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    bury(&app, a, "http://alpha.example/1", Failure::http(404, None)).await;
+    let slow = Failure::new(ErrorClass::Timeout, "no answer within 30s");
+    bury(&app, a, "http://beta.example/2", slow).await;
+    bury(&app, b, "http://gamma.example/3", Failure::http(410, None)).await;
+    let tokens = ["--api-token", ADMIN, "--read-only-token", VIEWER];
+    let dash = Dash::start(&app, &tokens).await;
+    let cookie = dash.login(ADMIN).await;
+
+    let (status, html, _) = dash.page("/dlq", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    for url in ["alpha.example/1", "beta.example/2", "gamma.example/3"] {
+        assert!(html.contains(url), "{url}: {html}");
+    }
+    assert!(
+        html.contains("http_status 2") && html.contains("timeout 1"),
+        "{html}"
+    );
+    let (_, html, _) = dash.page("/dlq?search=BETA.example", Some(&cookie)).await;
+    assert!(html.contains("beta.example/2") && !html.contains("alpha.example"));
+    let (_, html, _) = dash.page("/dlq?search=within+30", Some(&cookie)).await;
+    assert!(html.contains("beta.example/2") && !html.contains("gamma.example"));
+    let (_, html, _) = dash.page(&format!("/dlq?job_id={b}"), Some(&cookie)).await;
+    assert!(html.contains("gamma.example/3") && !html.contains("beta.example"));
+    let (_, html, _) = dash.page("/dlq?error=nothing_like_it", Some(&cookie)).await;
+    assert!(html.contains("No dead letters match"), "{html}");
+    let (status, _, _) = dash.page("/dlq?job_id=nope", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api_dlq(&dash, "?offset=1&limit=1").await.len(), 1);
+    assert_eq!(api_dlq(&dash, "?offset=2").await.len(), 1);
+
+    // Replay job a's: a dry run first changes nothing, then the confirmed replay.
+    let (_, html, _) = dash.page("/dlq", Some(&cookie)).await;
+    let csrf = csrf_of(&html);
+    let job = a.to_string();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("job_id", job.as_str()),
+        ("step", "dry_run"),
+    ];
+    let (status, html, _) = dash.form("/dlq/replay", Some(&cookie), &fields).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("<strong id=\"would\">2</strong>"), "{html}");
+    assert_eq!(api_dlq(&dash, "").await.len(), 3);
+    let forged = [
+        ("csrf", "forged"),
+        ("job_id", job.as_str()),
+        ("step", "confirm"),
+    ];
+    let (status, _, _) = dash.form("/dlq/replay", Some(&cookie), &forged).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let viewer = dash.login(VIEWER).await;
+    let (_, viewer_html, _) = dash.page("/dlq", Some(&viewer)).await;
+    assert!(!viewer_html.contains("action=\"/dlq/replay\""));
+    let viewer_csrf = csrf_of(&viewer_html);
+    let viewer_fields = [("csrf", viewer_csrf.as_str()), ("step", "confirm")];
+    let (status, _, _) = dash.form("/dlq/purge", Some(&viewer), &viewer_fields).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let confirm = [
+        ("csrf", csrf.as_str()),
+        ("job_id", job.as_str()),
+        ("step", "confirm"),
+    ];
+    let (_, html, _) = dash.form("/dlq/replay", Some(&cookie), &confirm).await;
+    assert!(html.contains("<strong id=\"done\">2</strong>"), "{html}");
+    assert_eq!(
+        app.queue_depth(&app.names.queue(Stage::Fetch))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(api_dlq(&dash, "").await.len(), 1);
+
+    // Purge over the API: the read-only token is refused, a dry run counts, then it goes.
+    let (status, _) = api_post(&dash, "/v1/dlq/purge", VIEWER).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, dry) = api_post(&dash, "/v1/dlq/purge?dry_run=true", ADMIN).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (dry["purged"].as_u64(), dry["would_purge"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(dry["dead_letters"][0]["url"], "http://gamma.example/3");
+    let (_, purged) = api_post(&dash, &format!("/v1/dlq/purge?job_id={b}"), ADMIN).await;
+    assert_eq!(purged, serde_json::json!({"purged": 1}));
+    assert!(api_dlq(&dash, "").await.is_empty());
+    let (_, html, _) = dash.page("/dlq", Some(&cookie)).await;
+    assert!(html.contains("No dead letters match"));
+    dash.stop().await;
+    app.shutdown().await.unwrap();
+}
