@@ -83,27 +83,7 @@ async fn dead_letters_are_filtered_searched_replayed_and_purged() {
     let dash = Dash::start(&app, &tokens).await;
     let cookie = dash.login(ADMIN).await;
 
-    let (status, html, _) = dash.page("/dlq", Some(&cookie)).await;
-    assert_eq!(status, StatusCode::OK);
-    for url in ["alpha.example/1", "beta.example/2", "gamma.example/3"] {
-        assert!(html.contains(url), "{url}: {html}");
-    }
-    assert!(
-        html.contains("http_status 2") && html.contains("timeout 1"),
-        "{html}"
-    );
-    let (_, html, _) = dash.page("/dlq?search=BETA.example", Some(&cookie)).await;
-    assert!(html.contains("beta.example/2") && !html.contains("alpha.example"));
-    let (_, html, _) = dash.page("/dlq?search=within+30", Some(&cookie)).await;
-    assert!(html.contains("beta.example/2") && !html.contains("gamma.example"));
-    let (_, html, _) = dash.page(&format!("/dlq?job_id={b}"), Some(&cookie)).await;
-    assert!(html.contains("gamma.example/3") && !html.contains("beta.example"));
-    let (_, html, _) = dash.page("/dlq?error=nothing_like_it", Some(&cookie)).await;
-    assert!(html.contains("No dead letters match"), "{html}");
-    let (status, _, _) = dash.page("/dlq?job_id=nope", Some(&cookie)).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(api_dlq(&dash, "?offset=1&limit=1").await.len(), 1);
-    assert_eq!(api_dlq(&dash, "?offset=2").await.len(), 1);
+    the_page_filters_searches_and_pages(&dash, &cookie, b).await;
 
     // Replay job a's: a dry run first changes nothing, then the confirmed replay.
     let (_, html, _) = dash.page("/dlq", Some(&cookie)).await;
@@ -147,21 +127,51 @@ async fn dead_letters_are_filtered_searched_replayed_and_purged() {
     );
     assert_eq!(api_dlq(&dash, "").await.len(), 1);
 
-    // Purge over the API: the read-only token is refused, a dry run counts, then it goes.
-    let (status, _) = api_post(&dash, "/v1/dlq/purge", VIEWER).await;
+    purge_over_the_api(&dash, b).await;
+    let (_, html, _) = dash.page("/dlq", Some(&cookie)).await;
+    assert!(html.contains("No dead letters match"));
+    dash.stop().await;
+    app.shutdown().await.unwrap();
+}
+
+/// The page lists every entry with counts per class; search, job and class filters, a bad
+/// filter, and API paging.
+async fn the_page_filters_searches_and_pages(dash: &Dash, cookie: &str, b: Uuid) {
+    let (status, html, _) = dash.page("/dlq", Some(cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    for url in ["alpha.example/1", "beta.example/2", "gamma.example/3"] {
+        assert!(html.contains(url), "{url}: {html}");
+    }
+    assert!(
+        html.contains("http_status 2") && html.contains("timeout 1"),
+        "{html}"
+    );
+    let (_, html, _) = dash.page("/dlq?search=BETA.example", Some(cookie)).await;
+    assert!(html.contains("beta.example/2") && !html.contains("alpha.example"));
+    let (_, html, _) = dash.page("/dlq?search=within+30", Some(cookie)).await;
+    assert!(html.contains("beta.example/2") && !html.contains("gamma.example"));
+    let (_, html, _) = dash.page(&format!("/dlq?job_id={b}"), Some(cookie)).await;
+    assert!(html.contains("gamma.example/3") && !html.contains("beta.example"));
+    let (_, html, _) = dash.page("/dlq?error=nothing_like_it", Some(cookie)).await;
+    assert!(html.contains("No dead letters match"), "{html}");
+    let (status, _, _) = dash.page("/dlq?job_id=nope", Some(cookie)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api_dlq(dash, "?offset=1&limit=1").await.len(), 1);
+    assert_eq!(api_dlq(dash, "?offset=2").await.len(), 1);
+}
+
+/// Purge over the API: the read-only token is refused, a dry run counts, then it goes.
+async fn purge_over_the_api(dash: &Dash, b: Uuid) {
+    let (status, _) = api_post(dash, "/v1/dlq/purge", VIEWER).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, dry) = api_post(&dash, "/v1/dlq/purge?dry_run=true", ADMIN).await;
+    let (status, dry) = api_post(dash, "/v1/dlq/purge?dry_run=true", ADMIN).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (dry["purged"].as_u64(), dry["would_purge"].as_u64()),
         (Some(0), Some(1))
     );
     assert_eq!(dry["dead_letters"][0]["url"], "http://gamma.example/3");
-    let (_, purged) = api_post(&dash, &format!("/v1/dlq/purge?job_id={b}"), ADMIN).await;
+    let (_, purged) = api_post(dash, &format!("/v1/dlq/purge?job_id={b}"), ADMIN).await;
     assert_eq!(purged, serde_json::json!({"purged": 1}));
-    assert!(api_dlq(&dash, "").await.is_empty());
-    let (_, html, _) = dash.page("/dlq", Some(&cookie)).await;
-    assert!(html.contains("No dead letters match"));
-    dash.stop().await;
-    app.shutdown().await.unwrap();
+    assert!(api_dlq(dash, "").await.is_empty());
 }
