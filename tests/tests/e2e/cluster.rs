@@ -21,7 +21,7 @@ use tributary_tests::procs::{Worker, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;
 
-use crate::metrics::free_port;
+use tributary_tests::redis_node::free_port;
 
 const URLS: u64 = 20_000;
 
@@ -169,7 +169,7 @@ impl OwnRedis {
     /// waits until it answers `PING`.
     fn start(extra: &[&str]) -> OwnRedis {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = free_port().unwrap();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
@@ -189,7 +189,7 @@ impl OwnRedis {
 
     /// A cluster-enabled node (no slots: enough for `INFO cluster`).
     fn cluster_node() -> OwnRedis {
-        let bus = free_port().to_string();
+        let bus = free_port().unwrap().to_string();
         OwnRedis::start(&["--cluster-enabled", "yes", "--cluster-port", &bus])
     }
 

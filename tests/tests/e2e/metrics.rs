@@ -3,15 +3,7 @@
 use std::time::Duration;
 
 use tributary_tests::app::{App, AppOptions};
-
-/// A free local port (bound and released; good enough for a test).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use tributary_tests::redis_node::free_port;
 
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
@@ -20,7 +12,7 @@ async fn get(url: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn stages_count_into_metrics_and_report_ready() {
-    let port = free_port();
+    let port = free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     let app = App::spawn(
         "metrics",

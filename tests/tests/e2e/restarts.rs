@@ -133,11 +133,7 @@ async fn workers_ride_out_a_broker_restart() {
         eprintln!("SKIPPED: this test cannot control the broker with rabbitmqctl: {e}");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tributary_tests::redis_node::free_port().unwrap();
     let readyz = format!("http://127.0.0.1:{port}/readyz");
     let mut options = in_process_slow();
     options
