@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh
+# The dashboard's browser test needs Debian's chromium and chromium-driver.
+scripts/browser.sh
 # Some tests start the worker binaries as processes: build them (cargo test does not).
 cargo build --workspace --bins
 cargo test --workspace

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod clusters;
+pub mod dead;
 pub mod origin;
 pub mod procs;
 pub mod quotes;

@@ -29,7 +29,7 @@ pub fn page(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
                 script src="/assets/uplot.js" defer {}
                 script src="/assets/live.js" defer {}
             }
-            body {
+            body data-rendered-ms=(tributary::message::now_ms()) {
                 header {
                     span.brand { "tributary" }
                     @if let Some(caller) = caller {

@@ -50,6 +50,9 @@ pub struct JobLive {
 /// What every live page gets each second.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
+    /// When the sample started (ms since the epoch): a page rendered later already shows
+    /// newer numbers, and `live.js` skips the snapshot's jobs for it.
+    pub at_ms: u64,
     pub queues: Vec<QueueRow>,
     pub jobs: Vec<JobLive>,
     pub rate: Option<Rate>,
@@ -100,7 +103,10 @@ pub fn start(api: Arc<Api>, shutdown: CancellationToken) {
 }
 
 async fn sample(api: &Api, last: &mut Option<(Instant, u64, u64)>) -> Snapshot {
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        at_ms: tributary::message::now_ms(),
+        ..Snapshot::default()
+    };
     if let Ok(broker) = api.backends.broker().await {
         snapshot.queues = queues::rows(&broker.conn, api.backends.names()).await;
     }

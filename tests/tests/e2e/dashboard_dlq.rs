@@ -3,45 +3,19 @@
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use tributary::broker::amqp;
-use tributary::broker::deadletter::{TaskRef, dead_properties};
-use tributary::broker::topology::Topology;
-use tributary::message::CONTENT_TYPE_TASK;
-use tributary::names::{Names, Stage};
+use tributary::names::Stage;
 use tributary::policy::{ErrorClass, Failure};
-use tributary::runtime::config::QueueType;
 use tributary_tests::app::{App, AppOptions};
+use tributary_tests::dead::{self, Grave};
 use uuid::Uuid;
 
 use super::dashboard::{ADMIN, Dash, VIEWER, csrf_of};
 
 /// Puts a fetch dead letter of `job` for `url` with `failure` in the dead-letter queue.
 async fn bury(app: &App, job: Uuid, url: &str, failure: Failure) {
-    let conn = app.broker().await.unwrap();
-    let channel = amqp::confirm_channel(&conn).await.unwrap();
-    Topology::new(app.names.clone(), QueueType::Classic)
-        .declare(&channel)
+    dead::bury(app, [Grave::fetch(job, url, failure)])
         .await
         .unwrap();
-    let task = TaskRef {
-        job_id: Some(job),
-        task_id: Some(Uuid::new_v4()),
-        url: Some(url.into()),
-        enqueued_ms: None,
-        traceparent: None,
-    };
-    let body = serde_json::json!({"job_id": job, "task_id": task.task_id, "url": url});
-    let props = dead_properties(CONTENT_TYPE_TASK, Stage::Fetch, &failure, 1, &task);
-    amqp::publish_confirmed(
-        &channel,
-        app.names.exchange(),
-        &Names::dead_routing_key(Stage::Fetch),
-        body.to_string().as_bytes(),
-        props,
-    )
-    .await
-    .unwrap();
-    let _ = conn.close(200, "buried".into()).await;
 }
 
 async fn api_dlq(dash: &Dash, query: &str) -> Vec<Value> {

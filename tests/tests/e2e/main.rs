@@ -7,6 +7,7 @@
 //! `cargo test -p tributary-tests --test e2e -- --ignored --test-threads=1`.
 
 mod api;
+mod browser;
 mod cluster;
 mod dashboard;
 mod dashboard_dlq;
@@ -22,3 +23,4 @@ mod metrics;
 mod pipeline;
 mod restarts;
 mod retries;
+mod webdriver;

@@ -51,13 +51,19 @@
 
   if (!window.EventSource) { return; }
   var events = new EventSource("/events");
+  // A page left for another must give its stream back at once: browsers allow a few
+  // connections per server, and a page kept for "back" would hold one. Coming back to a
+  // kept page shows it anew.
+  window.addEventListener("pagehide", function () { events.close(); });
+  window.addEventListener("pageshow", function (ev) { if (ev.persisted) { window.location.reload(); } });
   events.addEventListener("snapshot", function (ev) {
     var s = JSON.parse(ev.data);
     (s.queues || []).forEach(function (q) {
       var cell = document.querySelector('td[data-queue="' + q.queue + '"]');
       if (cell && q.ready !== null) { setText(cell, q.ready); }
     });
-    (s.jobs || []).forEach(updateJob);
+    // A snapshot sampled before this page was rendered is older than what the page shows.
+    if (s.at_ms >= Number(document.body.dataset.renderedMs || 0)) { (s.jobs || []).forEach(updateJob); }
     if (s.rate) { push(s.rate); if (plot) { plot.setData(data); } }
     document.body.dataset.live = "on";
   });
