@@ -89,6 +89,34 @@ pub fn connection_flags(namespace: &str) -> Vec<String> {
     vec!["--namespace".into(), namespace.into()]
 }
 
+/// A `producer serve` running in this process (the HTTP API and the dashboard).
+pub struct Served {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// `producer <connection> serve --listen 127.0.0.1:0 <extra>`, in process, until `stop`.
+pub async fn serve(
+    connection: &[String],
+    extra: &[&str],
+    stop: CancellationToken,
+) -> anyhow::Result<Served> {
+    let mut flags = vec!["producer".to_string()];
+    flags.extend(connection.iter().cloned());
+    flags.extend(["serve", "--listen", "127.0.0.1:0"].map(String::from));
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let config = producer::Config::try_parse_from(flags)?;
+    let producer::Command::Serve(args) = &config.command else {
+        anyhow::bail!("not serve: {:?}", config.command);
+    };
+    let server = producer::api::Server::bind(&config.common.connection, args, stop).await?;
+    Ok(Served {
+        base: format!("http://{}", server.local_addr()),
+        handle: tokio::spawn(server.run()),
+    })
+}
+
 impl App {
     /// Starts the origin and the stages; returns once the topology exists.
     pub async fn spawn(label: &str, options: AppOptions) -> anyhow::Result<App> {

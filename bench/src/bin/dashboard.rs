@@ -19,7 +19,7 @@ use reqwest::header;
 use tributary::policy::{ErrorClass, Failure};
 use tributary::runtime::shutdown::CancellationToken;
 use tributary::store::jobs;
-use tributary_tests::app::{App, AppOptions, connection_flags};
+use tributary_tests::app::{App, AppOptions, connection_flags, serve};
 use tributary_tests::dead::{self, Grave};
 use uuid::Uuid;
 
@@ -65,8 +65,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let measured = async {
         let jobs = fill(&app, &args).await?;
         let stop = CancellationToken::new();
-        let base = serve(&app, stop.clone()).await?;
-        let timed = time_pages(&base, &jobs, args.rounds).await;
+        let connection = connection_flags(&app.namespace);
+        let served = serve(&connection, &["--api-token", TOKEN], stop.clone()).await?;
+        let timed = time_pages(&served.base, &jobs, args.rounds).await;
         stop.cancel();
         timed
     };
@@ -75,8 +76,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Registers the jobs (a second apart, 100 tasks each) and buries the dead letters, one
-/// in 20 of them also matching a rare search; returns the job ids, oldest first.
+/// Registers the jobs (a second apart, 100 tasks each) and buries the dead letters (three
+/// error classes, 50 hosts, spread over the jobs); returns the job ids, oldest first.
 async fn fill(app: &App, args: &Args) -> anyhow::Result<Vec<Uuid>> {
     let started = Instant::now();
     let first_ms = tributary::message::now_ms() - args.jobs * 1000;
@@ -108,21 +109,6 @@ async fn fill(app: &App, args: &Args) -> anyhow::Result<Vec<Uuid>> {
         started.elapsed().as_secs_f64()
     );
     Ok(ids)
-}
-
-/// `producer serve` on 127.0.0.1:0 with a token; returns its base URL.
-async fn serve(app: &App, stop: CancellationToken) -> anyhow::Result<String> {
-    let mut flags = vec!["producer".to_string()];
-    flags.extend(connection_flags(&app.namespace));
-    flags.extend(["serve", "--listen", "127.0.0.1:0", "--api-token", TOKEN].map(String::from));
-    let config = producer::Config::try_parse_from(flags)?;
-    let producer::Command::Serve(serve) = &config.command else {
-        unreachable!("the serve command")
-    };
-    let server = producer::api::Server::bind(&config.common.connection, serve, stop).await?;
-    let base = format!("http://{}", server.local_addr());
-    tokio::spawn(server.run());
-    Ok(base)
 }
 
 /// Times every page and prints the table.

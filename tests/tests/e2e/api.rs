@@ -5,13 +5,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use clap::Parser as _;
 use reqwest::{Method, RequestBuilder, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tributary::names::Stage;
 use tributary::runtime::shutdown::CancellationToken;
-use tributary_tests::app::{App, AppOptions, connection_flags};
+use tributary_tests::app::{App, AppOptions, connection_flags, serve};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use uuid::Uuid;
 
@@ -33,24 +32,14 @@ impl Server {
     }
 
     async fn start_with(connection: &[String], extra: &[&str]) -> Server {
-        let mut flags = vec!["producer".to_string()];
-        flags.extend(connection.iter().cloned());
-        flags.extend(["serve", "--listen", "127.0.0.1:0", "--api-token", TOKEN].map(String::from));
-        flags.extend(extra.iter().map(|s| s.to_string()));
-        let config = producer::Config::try_parse_from(flags).unwrap();
-        let producer::Command::Serve(args) = &config.command else {
-            panic!("not serve: {:?}", config.command);
-        };
+        let extra = [&["--api-token", TOKEN], extra].concat();
         let stop = CancellationToken::new();
-        let server = producer::api::Server::bind(&config.common.connection, args, stop.clone())
-            .await
-            .unwrap();
-        let base = format!("http://{}", server.local_addr());
+        let served = serve(connection, &extra, stop.clone()).await.unwrap();
         Server {
-            base,
+            base: served.base,
             client: reqwest::Client::new(),
             stop,
-            handle: tokio::spawn(server.run()),
+            handle: served.handle,
         }
     }
 

@@ -2,13 +2,12 @@
 //! 127.0.0.1:0 in a fresh namespace (no stages; jobs registered as `producer job create`
 //! does), pages fetched with reqwest, cookies handled by hand so each step is visible.
 
-use clap::Parser as _;
 use redis::AsyncCommands as _;
 use reqwest::{StatusCode, header, redirect};
 use tokio::task::JoinHandle;
 use tributary::runtime::shutdown::CancellationToken;
 use tributary::store::jobs;
-use tributary_tests::app::{App, AppOptions, connection_flags};
+use tributary_tests::app::{App, AppOptions, connection_flags, serve};
 use uuid::Uuid;
 
 pub const ADMIN: &str = "dashboard-admin-token-0123";
@@ -24,26 +23,17 @@ pub struct Dash {
 
 impl Dash {
     pub async fn start(app: &App, tokens: &[&str]) -> Dash {
-        let mut flags = vec!["producer".to_string()];
-        flags.extend(connection_flags(&app.namespace));
-        flags.extend(["serve", "--listen", "127.0.0.1:0"].map(String::from));
-        flags.extend(tokens.iter().map(|s| s.to_string()));
-        let config = producer::Config::try_parse_from(flags).unwrap();
-        let producer::Command::Serve(args) = &config.command else {
-            panic!("not serve");
-        };
         let stop = CancellationToken::new();
-        let server = producer::api::Server::bind(&config.common.connection, args, stop.clone())
-            .await
-            .unwrap();
+        let connection = connection_flags(&app.namespace);
+        let served = serve(&connection, tokens, stop.clone()).await.unwrap();
         Dash {
-            base: format!("http://{}", server.local_addr()),
+            base: served.base,
             client: reqwest::Client::builder()
                 .redirect(redirect::Policy::none())
                 .build()
                 .unwrap(),
             stop,
-            handle: tokio::spawn(server.run()),
+            handle: served.handle,
         }
     }
 
