@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use tributary::broker::amqp;
 use tributary::broker::deadletter::{TaskRef, dead_properties};
 use tributary::broker::topology::Topology;
-use tributary::message::{CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, CONTENT_TYPE_TASK};
+use tributary::message::stage_content_type;
 use tributary::names::{Names, Stage};
 use tributary::policy::Failure;
 use tributary::runtime::config::QueueType;
@@ -78,11 +78,7 @@ fn dead_letter(grave: &Grave) -> (Vec<u8>, lapin::BasicProperties) {
         traceparent: None,
     };
     let body = serde_json::json!({"job_id": grave.job, "task_id": task.task_id, "url": grave.url});
-    let content_type = match grave.stage {
-        Stage::Fetch => CONTENT_TYPE_TASK,
-        Stage::Process => CONTENT_TYPE_PAYLOADS,
-        Stage::Results => CONTENT_TYPE_RESULTS,
-    };
+    let content_type = stage_content_type(grave.stage);
     let props = dead_properties(content_type, grave.stage, &grave.failure, 1, &task);
     (body.to_string().into_bytes(), props)
 }

@@ -6,7 +6,6 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use tributary::broker::amqp;
 use tributary::broker::deadletter::{BrokerDeath, DeadInfo};
-use tributary::message::{CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, CONTENT_TYPE_TASK};
 use tributary::names::{Names, Stage};
 
 /// header is missing, and a message the broker dead-lettered by itself straight into the
@@ -23,15 +22,6 @@ pub fn describe(properties: &BasicProperties, stage: Stage) -> DeadInfo {
         info.error = Some(death.class().as_str().to_string());
     }
     info
-}
-
-/// The content type a stage expects, for a dead letter that has none.
-pub(super) fn default_content_type(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Fetch => CONTENT_TYPE_TASK,
-        Stage::Process => CONTENT_TYPE_PAYLOADS,
-        Stage::Results => CONTENT_TYPE_RESULTS,
-    }
 }
 
 /// A dead letter taken from its queue and not yet acked.
@@ -113,6 +103,9 @@ mod tests {
     use lapin::types::{AMQPValue, FieldTable, LongString};
     use tributary::broker::amqp::HeadersExt;
     use tributary::broker::deadletter::{TaskRef, dead_properties};
+    use tributary::message::{
+        CONTENT_TYPE_PAYLOADS, CONTENT_TYPE_RESULTS, CONTENT_TYPE_TASK, stage_content_type,
+    };
     use tributary::policy::{ErrorClass, Failure};
     use uuid::Uuid;
 
@@ -165,8 +158,8 @@ mod tests {
 
     #[test]
     fn the_default_content_types_are_the_stages() {
-        assert_eq!(default_content_type(Stage::Fetch), CONTENT_TYPE_TASK);
-        assert_eq!(default_content_type(Stage::Process), CONTENT_TYPE_PAYLOADS);
-        assert_eq!(default_content_type(Stage::Results), CONTENT_TYPE_RESULTS);
+        assert_eq!(stage_content_type(Stage::Fetch), CONTENT_TYPE_TASK);
+        assert_eq!(stage_content_type(Stage::Process), CONTENT_TYPE_PAYLOADS);
+        assert_eq!(stage_content_type(Stage::Results), CONTENT_TYPE_RESULTS);
     }
 }

@@ -13,7 +13,7 @@ use tributary::runtime::config::ConnectionArgs;
 use tributary::runtime::shutdown::CancellationToken;
 use tributary::store::{Mark, Store};
 
-use super::pass::{Dead, Pass, ack, default_content_type};
+use super::pass::{Dead, Pass, ack};
 use super::{Sink, matches};
 use crate::config::DlqFilter;
 
@@ -161,7 +161,9 @@ impl Writer {
         let content_type = properties
             .content_type()
             .as_ref()
-            .map_or(default_content_type(stage), |c| c.as_str());
+            .map_or(tributary::message::stage_content_type(stage), |c| {
+                c.as_str()
+            });
         let mut revived = None;
         if let Some((job, id)) = task.job_id.zip(task.task_id) {
             let changed = self

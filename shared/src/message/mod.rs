@@ -27,6 +27,16 @@ pub const CONTENT_TYPE_TASKS: &str = "application/x-ndjson";
 pub const CONTENT_TYPE_PAYLOADS: &str = "application/vnd.tributary.payloads.v1";
 pub const CONTENT_TYPE_RESULTS: &str = "application/vnd.tributary.results.v1+json";
 
+/// The content type a stage's queue carries (for a message that names none).
+pub fn stage_content_type(stage: crate::names::Stage) -> &'static str {
+    use crate::names::Stage;
+    match stage {
+        Stage::Fetch => CONTENT_TYPE_TASK,
+        Stage::Process => CONTENT_TYPE_PAYLOADS,
+        Stage::Results => CONTENT_TYPE_RESULTS,
+    }
+}
+
 /// Most headers a task may carry, and the longest value.
 pub const MAX_TASK_HEADERS: usize = 32;
 pub const MAX_HEADER_VALUE: usize = 4096;

@@ -93,11 +93,7 @@ pub fn split(
 
 /// The whole message as one entry that names no task.
 fn whole(body: &[u8], content_type: Option<&str>, stage: Stage) -> Entry {
-    let default = match stage {
-        Stage::Fetch => CONTENT_TYPE_TASK,
-        Stage::Process => CONTENT_TYPE_PAYLOADS,
-        Stage::Results => CONTENT_TYPE_RESULTS,
-    };
+    let default = super::stage_content_type(stage);
     Entry {
         task: TaskRef::default(),
         body: body.to_vec(),
