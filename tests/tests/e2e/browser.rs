@@ -44,14 +44,11 @@ async fn an_operator_watches_a_job_and_replays_its_dead_tasks_in_a_browser() {
     the_overview_advances_without_a_reload(&browser, job).await;
     shoot(&browser, "overview").await;
 
-    eprintln!("browser: the overview advanced without a reload");
     let status = app.wait_done(job, LIMIT).await.unwrap();
     assert_eq!((status.aggregated, status.dead), (FOUND, MISSING));
     the_dead_letter_page_lists_the_job(&browser, &dash, job).await;
-    eprintln!("browser: the dead-letter page lists the job's dead tasks");
     app.origin.publish_missing();
     replay_from_the_job_page(&browser, &dash, job).await;
-    eprintln!("browser: replayed from the job page");
     the_job_page_reaches_done(&browser, &dash, job).await;
     shoot(&browser, "job").await;
 

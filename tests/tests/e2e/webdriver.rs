@@ -38,7 +38,7 @@ const CHROMIUM_ARGS: [&str; 11] = [
 /// A chromedriver process and a session in the Chromium it started.
 pub struct Browser {
     pub client: Client,
-    driver: Child,
+    _driver: DriverGuard,
 }
 
 /// Where a program is: the environment variable if set, else the Debian path.
@@ -66,7 +66,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", driver_path.display()))?;
-        let mut browser_driver = DriverGuard(Some(driver));
+        let driver = DriverGuard(driver);
         let capabilities = json!({
             "goog:chromeOptions": { "binary": chromium, "args": CHROMIUM_ARGS },
         });
@@ -90,7 +90,7 @@ impl Browser {
         };
         Ok(Browser {
             client,
-            driver: browser_driver.0.take().expect("the driver"),
+            _driver: driver,
         })
     }
 
@@ -173,16 +173,9 @@ impl Browser {
     /// Ends the session and stops chromedriver.
     pub async fn close(self) -> anyhow::Result<()> {
         self.client
-            .clone()
             .close()
             .await
             .context("closing the browser session")
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        kill_driver(&mut self.driver);
     }
 }
 
@@ -197,19 +190,13 @@ where
     }
 }
 
-/// Kills chromedriver (its Chromium quits with the session, or with chromedriver's end).
-fn kill_driver(driver: &mut Child) {
-    let _ = driver.kill();
-    let _ = driver.wait();
-}
-
-/// Kills chromedriver if the session never opens.
-struct DriverGuard(Option<Child>);
+/// chromedriver, killed when dropped (its Chromium quits with the session, or with
+/// chromedriver's end), whether or not a session ever opened.
+struct DriverGuard(Child);
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            kill_driver(&mut child);
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
