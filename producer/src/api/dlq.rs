@@ -58,20 +58,17 @@ pub fn filter_of(params: &DlqParams) -> Result<DlqFilter, ApiError> {
     })
 }
 
-/// Runs a `dlq` command on the server's connection; the dead letters it lists go to a page
-/// of `keep` after skipping `skip`.
+/// Runs a `dlq` command on the server's connection; the dead letters it lists go to `page`.
 pub async fn run(
     api: &Api,
     command: &DlqCommand,
-    skip: u64,
-    keep: usize,
+    mut page: Collect,
 ) -> Result<(Summary, Collect), ApiError> {
     let store = match command {
         DlqCommand::List { .. } | DlqCommand::Replay { dry_run: true, .. } => None,
         _ => Some(api.backends.store().await?),
     };
     let broker = api.backends.broker().await?;
-    let mut page = Collect::page(skip, keep);
     let summary = crate::dlq::run_on(
         &broker.conn,
         store,
@@ -112,7 +109,7 @@ pub async fn dlq_list(
         filter: filter_of(&params)?,
         limit: Some(offset.saturating_add(limit)),
     };
-    let (_, page) = run(&api, &command, offset, limit as usize).await?;
+    let (_, page) = run(&api, &command, Collect::page(offset, limit as usize)).await?;
     if wants_ndjson(&headers) {
         let mut lines = Vec::new();
         for entry in &page.entries {
@@ -203,7 +200,7 @@ async fn change(
     let params = post_params(query, body)?;
     let dry_run = params.dry_run.unwrap_or(false);
     let command = change_.command(filter_of(&params)?, dry_run);
-    let (summary, page) = run(api, &command, 0, DEFAULT_DLQ_LIMIT as usize).await?;
+    let (summary, page) = run(api, &command, Collect::page(0, DEFAULT_DLQ_LIMIT as usize)).await?;
     Ok(Json(answer(change_, summary, page)).into_response())
 }
 

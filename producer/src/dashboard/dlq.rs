@@ -24,6 +24,11 @@ use crate::dlq::Collect;
 /// Dead letters per page.
 pub const PER_PAGE: usize = 50;
 
+/// The most dead letters one page view reads (a filter that matches few of a deep queue
+/// would otherwise read all of it); the page says when it stopped short, and `producer dlq
+/// list` / `GET /v1/dlq` read everything.
+pub const SCAN_BUDGET: u64 = 20_000;
+
 /// The filters of the page (and of its forms), as `GET /v1/dlq` names them.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Filters {
@@ -115,7 +120,12 @@ pub async fn dlq_page(
             filter: dlq::filter_of(&params)?,
             limit: Some(offset + PER_PAGE as u64 + 1),
         };
-        dlq::run(&api, &command, offset, PER_PAGE).await
+        dlq::run(
+            &api,
+            &command,
+            Collect::page(offset, PER_PAGE).within(SCAN_BUDGET),
+        )
+        .await
     };
     let page_ = match listed.await {
         Ok((_, page_)) => page_,
@@ -125,6 +135,13 @@ pub async fn dlq_page(
     let body = html! {
         (filter_form(&filters))
         (class_counts(&page_, &filters))
+        @if page_.cut_short() {
+            p.cut #cut-short {
+                "Read the first " (page_.read) " of " (page_.depth) " dead letters (a page reads at most "
+                (SCAN_BUDGET) "): narrow by stage, or use " code { "producer dlq list" } " or "
+                code { "GET /v1/dlq" } " for the rest."
+            }
+        }
         @if page_.entries.is_empty() {
             p.empty { "No dead letters match." }
         } @else {
@@ -161,7 +178,7 @@ fn class_counts(page_: &Collect, f: &Filters) -> Markup {
     html! {
         @if !page_.by_error.is_empty() {
             p.classes {
-                "Error classes (of the " (page_.seen) " dead letters read): "
+                "Error classes (of the " (page_.seen) " matching dead letters read): "
                 @for (class, n) in &page_.by_error {
                     @let narrowed = Filters { error: class.clone(), ..f.clone() };
                     a.class href=(narrowed.url()) { (class) " " (n) } " "
@@ -249,7 +266,7 @@ async fn change(api: &Api, caller: Option<Caller>, change: Change, form: ChangeF
     let dry_run = form.step != "confirm";
     let ran = async {
         let filter = dlq::filter_of(&form.filters.params()?)?;
-        dlq::run(api, &change.command(filter, dry_run), 0, 0).await
+        dlq::run(api, &change.command(filter, dry_run), Collect::page(0, 0)).await
     };
     let (summary, _) = match ran.await {
         Ok(done) => done,

@@ -1,8 +1,9 @@
 //! `producer dlq list|replay|purge`: inspect, replay and delete dead letters.
 //!
 //! Every command makes one pass over the dead-letter queue of each chosen stage
-//! (`<ns>.<stage>.dead`, all three stages without `--stage`). A pass takes messages with
-//! `basic.get` and leaves them unacked, and it takes at most as many as the queue held when
+//! (`<ns>.<stage>.dead`, all three stages without `--stage`). A pass reads messages (a
+//! read-only pass with a consumer, a changing one with `basic.get`: see [`pass`]) and leaves
+//! them unacked, and it takes at most as many as the queue held when
 //! the pass began, so dead letters that arrive meanwhile (or come back) are never read twice
 //! and a pass always ends. A matching message is then listed, replayed or deleted (acked);
 //! everything not acked returns to the queue when the pass closes its channel (the broker
@@ -108,6 +109,15 @@ impl Summary {
 /// Where a command's matching dead letters go (`list`, `replay --dry-run`).
 pub trait Sink {
     fn entry(&mut self, info: &DeadInfo) -> anyhow::Result<()>;
+
+    /// A pass over a dead-letter queue that holds `depth` dead letters begins.
+    fn pass(&mut self, _depth: u32) {}
+
+    /// Called for every dead letter read, matching or not: `false` ends the command after
+    /// this one (a reader with a budget).
+    fn read(&mut self) -> bool {
+        true
+    }
 }
 
 /// The CLI's sink: one JSON line per dead letter.
@@ -120,17 +130,23 @@ impl<W: Write> Sink for Ndjson<W> {
 }
 
 /// A page of dead letters: skips the first `skip`, keeps the next `keep`, and counts every
-/// one it sees per error class.
+/// matching one it sees per error class; with a `budget`, reads at most that many dead
+/// letters (matching or not).
 #[derive(Debug, Default, Serialize)]
 pub struct Collect {
     #[serde(skip)]
     pub skip: u64,
     #[serde(skip)]
     pub keep: usize,
+    #[serde(skip)]
+    pub budget: Option<u64>,
     pub entries: Vec<DeadInfo>,
-    /// Dead letters seen, and per error class (`unknown` without one).
+    /// Matching dead letters seen, and per error class (`unknown` without one).
     pub seen: u64,
     pub by_error: BTreeMap<String, u64>,
+    /// Dead letters read, and how many the queues held when their passes began.
+    pub read: u64,
+    pub depth: u64,
 }
 
 impl Collect {
@@ -141,9 +157,31 @@ impl Collect {
             ..Default::default()
         }
     }
+
+    /// Reads at most `budget` dead letters.
+    pub fn within(self, budget: u64) -> Self {
+        Collect {
+            budget: Some(budget),
+            ..self
+        }
+    }
+
+    /// Whether the budget ended the read before the queues did.
+    pub fn cut_short(&self) -> bool {
+        self.budget.is_some_and(|budget| self.read >= budget) && self.read < self.depth
+    }
 }
 
 impl Sink for Collect {
+    fn pass(&mut self, depth: u32) {
+        self.depth += u64::from(depth);
+    }
+
+    fn read(&mut self) -> bool {
+        self.read += 1;
+        self.budget.is_none_or(|budget| self.read < budget)
+    }
+
     fn entry(&mut self, info: &DeadInfo) -> anyhow::Result<()> {
         self.seen += 1;
         let class = info.error.as_deref().unwrap_or("unknown");
@@ -207,6 +245,7 @@ pub async fn run_on(
         action,
         shutdown,
         done: 0,
+        stopped: false,
     };
     let mut swept = sweep.run(conn, store, connection, sink).await;
     let done = sweep.done;

@@ -35,6 +35,8 @@ pub(super) struct Sweep<'a> {
     pub(super) shutdown: &'a CancellationToken,
     /// Dead letters listed, replayed or purged so far.
     pub(super) done: u64,
+    /// The sink has read enough.
+    pub(super) stopped: bool,
 }
 
 impl Sweep<'_> {
@@ -69,8 +71,13 @@ impl Sweep<'_> {
             Some(stage) => vec![stage],
             None => Stage::ALL.to_vec(),
         };
+        let browse = matches!(self.action, Action::Print { .. });
         for stage in stages {
-            let mut pass = Pass::open(conn, &self.names, stage).await?;
+            if self.stopped {
+                break;
+            }
+            let mut pass = Pass::open(conn, &self.names, stage, browse).await?;
+            sink.pass(pass.depth);
             let visited = self.visit(&mut pass, &act, sink).await;
             let closed = pass.close().await;
             visited?;
@@ -90,13 +97,14 @@ impl Sweep<'_> {
         sink: &mut impl Sink,
     ) -> anyhow::Result<()> {
         let mut seen = HashSet::new();
-        while !self.limit_reached() {
+        while !self.limit_reached() && !self.stopped {
             if self.shutdown.is_cancelled() {
                 anyhow::bail!("interrupted");
             }
             let Some(dead) = pass.next().await? else {
                 break;
             };
+            self.stopped = !sink.read();
             if !matches(&dead.info, self.filter) {
                 continue;
             }

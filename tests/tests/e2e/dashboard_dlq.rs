@@ -149,3 +149,61 @@ async fn purge_over_the_api(dash: &Dash, b: Uuid) {
     assert_eq!(purged, serde_json::json!({"purged": 1}));
     assert!(api_dlq(dash, "").await.is_empty());
 }
+
+/// A page with a read budget stops after that many dead letters, says so, and leaves every
+/// dead letter in its queue; without a budget it reads them all.
+#[tokio::test]
+async fn a_read_budget_stops_the_pass_and_leaves_the_queue_whole() {
+    use producer::config::{DlqCommand, DlqFilter};
+    use producer::dlq::{Collect, run_on};
+    use tributary::runtime::config::ConnectionArgs;
+    use tributary::runtime::shutdown::CancellationToken;
+
+    let app = App::spawn("dash-budget", AppOptions::no_stages())
+        .await
+        .unwrap();
+    let job = Uuid::new_v4();
+    let graves = (0..7).map(|i| {
+        Grave::fetch(
+            job,
+            &format!("http://budget.example/{i}"),
+            Failure::http(404, None),
+        )
+    });
+    dead::bury(&app, graves).await.unwrap();
+    let conn = app.broker().await.unwrap();
+    let args = ConnectionArgs::local(&app.namespace);
+    let list = DlqCommand::List {
+        filter: DlqFilter {
+            search: Some("budget.example/6".into()),
+            ..Default::default()
+        },
+        limit: None,
+    };
+    let read = |page: Collect| {
+        let (conn, args, list) = (&conn, &args, &list);
+        async move {
+            let mut page = page;
+            run_on(conn, None, args, list, &CancellationToken::new(), &mut page)
+                .await
+                .unwrap();
+            page
+        }
+    };
+
+    let cut = read(Collect::page(0, 10).within(3)).await;
+    assert_eq!((cut.read, cut.depth, cut.seen), (3, 7, 0));
+    assert!(cut.cut_short() && cut.entries.is_empty());
+
+    let whole = read(Collect::page(0, 10).within(7)).await;
+    assert_eq!((whole.read, whole.depth, whole.seen), (7, 7, 1));
+    assert!(!whole.cut_short());
+    assert_eq!(
+        whole.entries[0].url.as_deref(),
+        Some("http://budget.example/6")
+    );
+    let queue = app.names.dead_queue(Stage::Fetch);
+    assert_eq!(app.queue_depth(&queue).await.unwrap(), 7);
+    let _ = conn.close(200, "done".into()).await;
+    app.shutdown().await.unwrap();
+}
