@@ -3,8 +3,9 @@
 # and Redis on 127.0.0.1:6379.
 #
 # Usage:
-#   scripts/services.sh          start whichever is not answering, then wait
-#                                until both answer (RabbitMQ up to 60 s,
+#   scripts/services.sh          start whichever is not answering (and turn on
+#                                RabbitMQ's management plugin, port 15672), then
+#                                wait until both answer (RabbitMQ up to 60 s,
 #                                Redis up to 30 s); exit 1 if one does not
 #   scripts/services.sh --check  only report; exit 0 if both answer, else 1
 #
@@ -13,6 +14,7 @@
 
 SERVICES_HOST=127.0.0.1
 SERVICES_RABBITMQ_PORT=5672
+SERVICES_MANAGEMENT_PORT=15672
 SERVICES_REDIS_PORT=6379
 SERVICES_INSTALL_HINT="install them with 'apt-get install rabbitmq-server redis-server' or run 'docker compose up -d rabbitmq redis'"
 
@@ -111,9 +113,32 @@ _services_start_redis() {
     _services_wait redis 30 redis_answers
 }
 
+management_answers() {
+    _services_port_open "$SERVICES_HOST" "$SERVICES_MANAGEMENT_PORT"
+}
+
+# The dashboard's queue rates and unacked counts come from RabbitMQ's management
+# API (producer serve --management-url); its tests need the plugin on.
+_services_enable_management() {
+    local plugins
+    if management_answers; then
+        return 0
+    fi
+    if ! plugins=$(_services_find rabbitmq-plugins); then
+        _services_log "rabbitmq-plugins not found: enable rabbitmq_management by hand"
+        return 1
+    fi
+    _services_log "enabling rabbitmq_management ($plugins enable)"
+    timeout 120 "$plugins" enable rabbitmq_management >/dev/null || {
+        _services_log "rabbitmq-plugins enable rabbitmq_management failed"
+        return 1
+    }
+    _services_wait "rabbitmq management API" 60 management_answers
+}
+
 # Starts what is not answering and waits for it; 0 if both answer.
 services_up() {
-    _services_start_rabbitmq && _services_start_redis
+    _services_start_rabbitmq && _services_enable_management && _services_start_redis
 }
 
 # Reports both services; 0 if both answer.

@@ -85,6 +85,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub insecure_no_auth: bool,
 
+    /// The RabbitMQ management API (`http://user:password@host:15672`), for the
+    /// dashboard's unacked counts, queue rates and delay queues; without it the overview
+    /// shows what AMQP tells (ready, consumers).
+    #[arg(long, env = "TRIBUTARY_MANAGEMENT_URL", hide_env_values = true)]
+    pub management_url: Option<String>,
+
     /// Largest request body accepted (413 beyond).
     #[arg(long, env = "PRODUCER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: u64,

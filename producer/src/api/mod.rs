@@ -37,6 +37,8 @@ use tributary::runtime::config::ConnectionArgs;
 use tributary::runtime::shutdown::CancellationToken;
 
 use crate::config::{PublishArgs, ServeArgs};
+use crate::dashboard::Dashboard;
+use crate::dashboard::management::Management;
 use backend::Backends;
 use error::ApiError;
 
@@ -148,6 +150,10 @@ impl Server {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Server> {
         let access = auth::Access::from_args(args)?;
+        let management = match &args.management_url {
+            Some(url) => Some(Management::new(url, connection.amqp_url.first())?),
+            None => None,
+        };
         if access.is_open() {
             tracing::warn!(listen = %args.listen, "serving without an API token");
         }
@@ -158,7 +164,7 @@ impl Server {
         let api = Arc::new(Api {
             backends: Backends::new(connection),
             access,
-            dashboard: Default::default(),
+            dashboard: Dashboard::new(management),
             publish: args.publish.clone(),
             max_body_bytes: args.max_body_bytes,
             shutdown,

@@ -24,7 +24,7 @@ use tributary::store::throughput::{self, Rate};
 use tributary::store::{JobStatus, jobs};
 
 use super::layout::error_page;
-use super::queues::{self, QueueRow};
+use super::queues::QueueRow;
 use crate::api::Api;
 use crate::api::auth::Caller;
 
@@ -107,9 +107,7 @@ async fn sample(api: &Api, last: &mut Option<(Instant, u64, u64)>) -> Snapshot {
         at_ms: tributary::message::now_ms(),
         ..Snapshot::default()
     };
-    if let Ok(broker) = api.backends.broker().await {
-        snapshot.queues = queues::rows(&broker.conn, api.backends.names()).await;
-    }
+    snapshot.queues = api.dashboard.queue_rows(api).await.unwrap_or_default();
     let Ok(store) = api.backends.store().await else {
         return snapshot;
     };

@@ -21,6 +21,7 @@ pub mod job;
 pub mod layout;
 pub mod live;
 pub mod login;
+pub mod management;
 pub mod overview;
 pub mod queues;
 
@@ -80,14 +81,30 @@ pub enum JobState {
     Stalled,
 }
 
-/// The dashboard's own state: when each job shown last made progress, and the live side.
+/// The dashboard's own state: when each job shown last made progress, the live side, and
+/// the management API if there is one.
 #[derive(Debug, Default)]
 pub struct Dashboard {
     progress: Mutex<HashMap<Uuid, (u64, Instant)>>,
     pub live: live::Live,
+    pub management: Option<management::Management>,
 }
 
 impl Dashboard {
+    pub fn new(management: Option<management::Management>) -> Dashboard {
+        Dashboard {
+            management,
+            ..Default::default()
+        }
+    }
+
+    /// The queue rows of the overview (`None` when no source answers).
+    pub async fn queue_rows(&self, api: &Api) -> Option<Vec<queues::QueueRow>> {
+        let broker = api.backends.broker().await.ok();
+        let conn = broker.as_ref().map(|b| &*b.conn);
+        queues::rows(conn, self.management.as_ref(), api.backends.names()).await
+    }
+
     /// The job's state, remembering its progress for the next call.
     pub fn state_of(&self, status: &JobStatus) -> JobState {
         if status.done {

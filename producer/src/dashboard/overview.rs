@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tributary::store::jobs::{self, JobEntry};
 
 use super::layout::{number, page, progress_bar, utc};
-use super::queues::{self, QueueRow};
+use super::queues::{QueueKind, QueueRow};
 use super::{JobState, page_error};
 use crate::api::Api;
 use crate::api::auth::Caller;
@@ -48,10 +48,7 @@ pub async fn overview(
         Ok(listed) => listed,
         Err(e) => return page_error(&caller, e.into()),
     };
-    let queues = match api.backends.broker().await {
-        Ok(broker) => Some(queues::rows(&broker.conn, api.backends.names()).await),
-        Err(_) => None,
-    };
+    let queues = api.dashboard.queue_rows(&api).await;
     let now = tributary::message::now_ms();
     let body = html! {
         section #queues { h2 { "Queues" } (queue_table(queues.as_deref())) }
@@ -69,21 +66,49 @@ fn queue_table(rows: Option<&[QueueRow]>) -> Markup {
     let Some(rows) = rows else {
         return html! { p.error { "The broker is not reachable now." } };
     };
-    let show = |n: Option<u32>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let show = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let rate = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{r:.1}"));
+    let detailed = rows.iter().any(|r| r.unacked.is_some());
     html! {
         table.queues {
-            thead { tr { th { "queue" } th { "stage" } th.num { "ready" } th.num { "consumers" } } }
+            thead { tr {
+                th { "queue" } th { "stage" } th.num { "ready" } th.num { "unacked" }
+                th.num { "consumers" } th.num { "in /s" } th.num { "out /s" }
+            } }
             tbody {
                 @for row in rows {
-                    tr.dead[row.dead] {
+                    tr class=(kind_class(row.kind)) {
                         td { code { (row.queue) } }
-                        td { (row.stage) @if row.dead { " (dead letters)" } }
-                        td.num data-queue=(row.queue) { (show(row.ready)) }
-                        td.num { (show(row.consumers)) }
+                        td { (row.stage) (kind_note(row.kind)) }
+                        td.num data-queue=(row.queue) data-field="ready" { (show(row.ready)) }
+                        td.num data-queue=(row.queue) data-field="unacked" { (show(row.unacked)) }
+                        td.num data-queue=(row.queue) data-field="consumers" { (show(row.consumers.map(u64::from))) }
+                        td.num data-queue=(row.queue) data-field="rate_in" { (rate(row.rate_in)) }
+                        td.num data-queue=(row.queue) data-field="rate_out" { (rate(row.rate_out)) }
                     }
                 }
             }
         }
+        @if !detailed {
+            p.note #no-management { "Unacked counts, rates and the delay queues come from the RabbitMQ management API: start "
+                code { "producer serve" } " with " code { "--management-url" } "." }
+        }
+    }
+}
+
+fn kind_class(kind: QueueKind) -> &'static str {
+    match kind {
+        QueueKind::Stage => "stage",
+        QueueKind::Delay => "delay",
+        QueueKind::Dead => "dead",
+    }
+}
+
+fn kind_note(kind: QueueKind) -> &'static str {
+    match kind {
+        QueueKind::Stage => "",
+        QueueKind::Delay => " (retry delays, summed)",
+        QueueKind::Dead => " (dead letters)",
     }
 }
 

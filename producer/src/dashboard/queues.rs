@@ -1,6 +1,7 @@
-//! Per-stage queue numbers for the overview: messages ready and consumers of each stage
-//! queue and its dead-letter queue, read with passive declares (AMQP has no "unacked" or
-//! rates; the throughput chart gives the rates, from the jobs' counters).
+//! Per-stage queue numbers for the overview. With `--management-url` they come from the
+//! RabbitMQ management API ([`super::management`]: ready, unacked, consumers, rates, the
+//! delay queues); without it, or while it does not answer, from passive declares (ready and
+//! consumers of each stage queue and its dead-letter queue: AMQP has no "unacked" or rates).
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -8,22 +9,59 @@ use lapin::{Channel, Connection};
 use serde::Serialize;
 use tributary::names::{Names, Stage};
 
-/// One queue's numbers; `None` when the queue does not exist (yet).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+use super::management::Management;
+
+/// What a queue of the overview is to its stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    Stage,
+    /// The stage's delay queues, summed.
+    Delay,
+    Dead,
+}
+
+/// One queue's numbers; `None` when the queue does not exist (yet) or the source has no
+/// such number.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueueRow {
     pub queue: String,
     pub stage: &'static str,
-    pub dead: bool,
-    pub ready: Option<u32>,
+    pub kind: QueueKind,
+    pub ready: Option<u64>,
+    pub unacked: Option<u64>,
     pub consumers: Option<u32>,
+    /// Messages published to it, and acked from it, per second.
+    pub rate_in: Option<f64>,
+    pub rate_out: Option<f64>,
 }
 
-/// The stage queues and their dead-letter queues, in pipeline order.
-pub async fn rows(conn: &Connection, names: &Names) -> Vec<QueueRow> {
+/// The queue rows: from the management API when there is one and it answers, else from
+/// passive declares.
+pub async fn rows(
+    conn: Option<&Connection>,
+    management: Option<&Management>,
+    names: &Names,
+) -> Option<Vec<QueueRow>> {
+    if let Some(management) = management {
+        match management.rows(names).await {
+            Ok(rows) => return Some(rows),
+            Err(e) => tracing::debug!("queue numbers from passive declares: {e:#}"),
+        }
+    }
+    Some(declared_rows(conn?, names).await)
+}
+
+/// The stage queues and their dead-letter queues, in pipeline order, by passive declares.
+async fn declared_rows(conn: &Connection, names: &Names) -> Vec<QueueRow> {
     let mut channel = conn.create_channel().await.ok();
     let mut rows = Vec::with_capacity(Stage::ALL.len() * 2);
     for stage in Stage::ALL {
-        for (queue, dead) in [(names.queue(stage), false), (names.dead_queue(stage), true)] {
+        let queues = [
+            (names.queue(stage), QueueKind::Stage),
+            (names.dead_queue(stage), QueueKind::Dead),
+        ];
+        for (queue, kind) in queues {
             let found = match &channel {
                 Some(c) => peek(c, &queue).await,
                 None => None,
@@ -34,9 +72,12 @@ pub async fn rows(conn: &Connection, names: &Names) -> Vec<QueueRow> {
             }
             rows.push(QueueRow {
                 stage: stage.as_str(),
-                dead,
-                ready: found.map(|f| f.0),
+                kind,
+                ready: found.map(|f| u64::from(f.0)),
+                unacked: None,
                 consumers: found.map(|f| f.1),
+                rate_in: None,
+                rate_out: None,
                 queue,
             });
         }

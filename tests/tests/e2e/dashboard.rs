@@ -178,6 +178,7 @@ async fn the_overview_lists_jobs_newest_first_in_pages() {
     let (status, empty, _) = dash.page("/", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(empty.contains("No jobs yet"), "{empty}");
+    assert!(empty.contains("id=\"no-management\""), "{empty}");
     assert!(empty.contains(&app.names.queue(tributary::names::Stage::Fetch)));
     let ids = jobs_created(&app, 30).await;
     let (_, first, _) = dash.page("/", Some(&cookie)).await;

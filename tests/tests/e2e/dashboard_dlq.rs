@@ -207,3 +207,101 @@ async fn a_read_budget_stops_the_pass_and_leaves_the_queue_whole() {
     let _ = conn.close(200, "done".into()).await;
     app.shutdown().await.unwrap();
 }
+
+/// The management API `producer serve --management-url` reads (CI enables the plugin on
+/// the local node, scripts/services.sh).
+fn management_url() -> String {
+    std::env::var("TRIBUTARY_TEST_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+}
+
+/// The text of the overview's `field` cell of `queue`.
+fn cell(html: &str, queue: &str, field: &str) -> Option<String> {
+    let at = format!("data-queue=\"{queue}\" data-field=\"{field}\">");
+    let start = html.find(&at)? + at.len();
+    Some(html[start..].split('<').next()?.to_string())
+}
+
+/// With `--management-url`, the overview shows unacked counts, rates and the delay queues
+/// summed per stage, as the management API reports them.
+#[tokio::test]
+async fn the_overview_reads_unacked_rates_and_delay_queues_from_the_management_api() {
+    use lapin::options::BasicGetOptions;
+    use std::time::{Duration, Instant};
+    use tributary::broker::amqp;
+    use tributary::broker::topology::Topology;
+    use tributary::names::Names;
+    use tributary::runtime::config::QueueType;
+
+    let app = App::spawn("dash-mgmt", AppOptions::no_stages())
+        .await
+        .unwrap();
+    let job = Uuid::new_v4();
+    let graves = (0..3).map(|i| {
+        Grave::fetch(
+            job,
+            &format!("http://m.example/{i}"),
+            Failure::http(404, None),
+        )
+    });
+    dead::bury(&app, graves).await.unwrap();
+    // One message waits in a delay queue; one dead letter is held unacked.
+    let conn = app.broker().await.unwrap();
+    let channel = amqp::confirm_channel(&conn).await.unwrap();
+    let long = Duration::from_secs(600);
+    Topology::new(app.names.clone(), QueueType::Classic)
+        .with_retries(Stage::Fetch, &[long])
+        .declare(&channel)
+        .await
+        .unwrap();
+    let key = Names::retry_routing_key(Stage::Fetch, long);
+    amqp::publish_confirmed(
+        &channel,
+        app.names.exchange(),
+        &key,
+        b"{}",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let dead_queue = app.names.dead_queue(Stage::Fetch);
+    let held = channel
+        .basic_get(
+            dead_queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap();
+    assert!(held.is_some());
+
+    let url = management_url();
+    let dash = Dash::start(&app, &["--api-token", ADMIN, "--management-url", &url]).await;
+    let cookie = dash.login(ADMIN).await;
+    let delay = format!("{}.retry.*", app.names.queue(Stage::Fetch));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let (_, html, _) = dash.page("/", Some(&cookie)).await;
+        let seen = (
+            cell(&html, &dead_queue, "ready"),
+            cell(&html, &dead_queue, "unacked"),
+            cell(&html, &delay, "ready"),
+        );
+        let wanted = (Some("2".into()), Some("1".into()), Some("1".into()));
+        if seen == wanted {
+            assert!(!html.contains("no-management"));
+            assert!(html.contains("retry delays, summed"));
+            let rate = cell(&html, &app.names.queue(Stage::Fetch), "rate_in").unwrap();
+            assert!(rate.parse::<f64>().is_ok(), "{rate}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the management API's numbers never showed (is the rabbitmq_management plugin on at {url}?): {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(held);
+    let _ = conn.close(200, "done".into()).await;
+    dash.stop().await;
+    app.shutdown().await.unwrap();
+}

@@ -59,8 +59,11 @@
   events.addEventListener("snapshot", function (ev) {
     var s = JSON.parse(ev.data);
     (s.queues || []).forEach(function (q) {
-      var cell = document.querySelector('td[data-queue="' + q.queue + '"]');
-      if (cell && q.ready !== null) { setText(cell, q.ready); }
+      document.querySelectorAll('td[data-queue="' + q.queue + '"]').forEach(function (cell) {
+        var v = q[cell.dataset.field];
+        if (v === null || v === undefined) { return; }
+        setText(cell, cell.dataset.field.indexOf("rate") === 0 ? v.toFixed(1) : v);
+      });
     });
     // A snapshot sampled before this page was rendered is older than what the page shows.
     if (s.at_ms >= Number(document.body.dataset.renderedMs || 0)) { (s.jobs || []).forEach(updateJob); }
