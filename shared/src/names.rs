@@ -136,6 +136,12 @@ impl Names {
         self.job_key(job, &format!("input:{input}"))
     }
 
+    /// Sorted set of the job's progress samples (`store::progress`), scored by time: the
+    /// dashboard's rate over time.
+    pub fn progress_key(&self, job: Uuid) -> String {
+        self.job_key(job, "progress")
+    }
+
     /// Set of the explicit task ids (given in task objects) registered in the job.
     pub fn task_ids_key(&self, job: Uuid) -> String {
         self.job_key(job, "ids")

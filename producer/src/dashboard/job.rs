@@ -71,6 +71,7 @@ pub async fn job_page(
             (progress_bar(&status))
             (counters(&status))
         }
+        section #rate { h2 { "Rate" } (super::live::job_chart(status.job_id)) }
         section #dead {
             h2 { "Dead tasks" }
             @let filters = super::dlq::Filters { job_id: status.job_id.to_string(), ..Default::default() };

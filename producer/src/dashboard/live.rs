@@ -7,12 +7,13 @@
 //! scored by time, trimmed to [`HISTORY`]), so a new page, or a restarted server, draws the
 //! last 15 minutes (`GET /throughput.json`).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,8 +21,10 @@ use maud::{Markup, html};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tributary::runtime::shutdown::CancellationToken;
+use tributary::store::progress;
 use tributary::store::throughput::{self, Rate};
 use tributary::store::{JobStatus, jobs};
+use uuid::Uuid;
 
 use super::layout::error_page;
 use super::queues::QueueRow;
@@ -91,12 +94,14 @@ pub fn start(api: Arc<Api>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last: Option<(Instant, u64, u64)> = None;
+        let mut finished = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let snapshot = sample(&api, &mut last).await;
+            remember_progress(&api, &snapshot, &mut finished).await;
             sender.send_replace(Arc::new(snapshot));
         }
     });
@@ -142,6 +147,55 @@ async fn sample(api: &Api, last: &mut Option<(Instant, u64, u64)>) -> Snapshot {
     snapshot
 }
 
+/// Adds a progress sample (`store::progress`) for each sampled job whose finished count
+/// changed since the last tick; `finished` remembers the counts of the jobs sampled.
+async fn remember_progress(api: &Api, snapshot: &Snapshot, finished: &mut HashMap<Uuid, u64>) {
+    let Ok(store) = api.backends.store().await else {
+        return;
+    };
+    let t = snapshot.at_ms as f64 / 1000.0;
+    let mut now = HashMap::with_capacity(snapshot.jobs.len());
+    for job in &snapshot.jobs {
+        let s = &job.status;
+        let count = s.aggregated + s.dead;
+        now.insert(s.job_id, count);
+        let changed = finished
+            .get(&s.job_id)
+            .map_or(!s.done, |&before| before != count);
+        if !changed {
+            continue;
+        }
+        let point = progress::Point {
+            t,
+            aggregated: s.aggregated,
+            dead: s.dead,
+        };
+        if let Err(e) = progress::remember(store, s.job_id, point).await {
+            tracing::debug!(job = %s.job_id, "cannot keep the progress sample: {e}");
+        }
+    }
+    *finished = now;
+}
+
+/// `GET /jobs/{id}/progress.json`: the job's progress samples, oldest first.
+pub async fn job_progress(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
+    let Ok(job) = Uuid::parse_str(&id) else {
+        return crate::api::error::ApiError::not_found(
+            "unknown job",
+            format!("{id} is not a job id"),
+        )
+        .into_response();
+    };
+    let store = match api.backends.store().await {
+        Ok(store) => store,
+        Err(e) => return e.into_response(),
+    };
+    match progress::history(store, job).await {
+        Ok(points) => Json(serde_json::json!({ "points": points })).into_response(),
+        Err(e) => crate::api::error::ApiError::from(e).into_response(),
+    }
+}
+
 /// `GET /throughput.json`: the last 15 minutes of samples.
 pub async fn throughput(State(api): State<Arc<Api>>) -> Response {
     let store = match api.backends.store().await {
@@ -182,6 +236,15 @@ pub async fn events(State(api): State<Arc<Api>>, Extension(caller): Extension<Ca
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The job page's rate chart (drawn by `live.js` from `/jobs/{id}/progress.json`).
+pub fn job_chart(job: Uuid) -> Markup {
+    html! {
+        div #job-chart data-job=(job) {
+            noscript { p.empty { "The rate chart needs JavaScript; the counters above are exact." } }
+        }
+    }
 }
 
 /// The throughput chart's place on the overview (drawn by `live.js` with uPlot).

@@ -10,6 +10,7 @@
 //! | `GET /login`, `POST /login`, `POST /logout` | the session cookie |
 //! | `GET /hosts` | per-host limiter state: pause, AIMD factor, leases, next slot, backlog |
 //! | `GET /events`, `GET /throughput.json` | live snapshots (SSE), throughput history ([`live`]) |
+//! | `GET /jobs/{id}/progress.json` | a job's progress samples, for its rate chart ([`live`]) |
 //! | `GET /assets/*` | the embedded stylesheet, `live.js`, uPlot (no data, no token needed) |
 //!
 //! Pages read with JavaScript off. Every page needs a caller: anonymous requests are sent
@@ -140,6 +141,7 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/", get(overview::overview))
         .route("/jobs/{id}", get(job::job_page))
         .route("/jobs/{id}/results.csv", get(job::results_csv))
+        .route("/jobs/{id}/progress.json", get(live::job_progress))
         .route("/dlq", get(dlq::dlq_page))
         .route("/hosts", get(hosts::hosts_page))
         .route("/events", get(live::events))

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod hosts;
 pub mod inputs;
 pub mod jobs;
+pub mod progress;
 pub mod throughput;
 
 use std::collections::{BTreeMap, HashMap};

@@ -177,6 +177,13 @@ async fn the_job_page_reaches_done(browser: &Browser, dash: &Dash, job: Uuid) {
         .unwrap();
     let dead = browser.text("dd[data-counter='dead']").await.unwrap();
     assert_eq!(dead, "0");
+    // The rate chart is drawn, from the job's progress samples and the live updates.
+    browser.find("#job-chart canvas").await.unwrap();
+    let points = browser
+        .script("return Number(document.getElementById('job-chart').dataset.points || 0);")
+        .await
+        .unwrap();
+    assert!(points.as_f64().unwrap_or(0.0) >= 1.0, "{points}");
 }
 
 /// Saves the viewport as `DIR/{name}.png` when `TRIBUTARY_SCREENSHOTS=DIR` is set.

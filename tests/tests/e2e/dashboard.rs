@@ -396,6 +396,28 @@ async fn live_snapshots_follow_progress_and_the_history_outlives_a_restart() {
         points.iter().any(|p| p["fetched"].as_f64().unwrap() > 0.0),
         "{points:?}"
     );
+    // The job's own progress samples, from before and after it finished, for its chart.
+    let progress_url = format!("{}/jobs/{job}/progress.json", dash.base);
+    let anonymous = dash.client.get(&progress_url).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let progress = dash
+        .client
+        .get(&progress_url)
+        .header(header::COOKIE, &cookie);
+    let progress: serde_json::Value = progress.send().await.unwrap().json().await.unwrap();
+    let samples: Vec<u64> = progress["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["aggregated"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (samples.first(), samples.last()),
+        (Some(&0), Some(&10)),
+        "{progress}"
+    );
+    let ttl: i64 = redis.pttl(app.names.progress_key(job)).await.unwrap();
+    assert!(ttl > 0, "the samples expire with the job ({ttl})");
     dash.stop().await;
     let again = Dash::start(&app, &["--api-token", ADMIN]).await;
     let cookie = again.login(ADMIN).await;

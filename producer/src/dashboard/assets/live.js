@@ -1,5 +1,6 @@
-// tributary dashboard: live numbers (Server-Sent Events from /events) and the throughput
-// chart (uPlot, history from /throughput.json). Pages work without it; this only updates.
+// tributary dashboard: live numbers (Server-Sent Events from /events), the throughput
+// chart (uPlot, history from /throughput.json) and a job's rate chart (from
+// /jobs/{id}/progress.json). Pages work without it; this only updates.
 (function () {
   "use strict";
   var chartEl = document.getElementById("chart");
@@ -23,6 +24,45 @@
           axes: [{}, { label: "URLs/s" }]
         }, data, chartEl);
       });
+  }
+
+  // The job page's rate chart: tasks finished (aggregated or dead) per second between
+  // the job's progress samples (/jobs/{id}/progress.json), then from each snapshot.
+  var jobChartEl = document.getElementById("job-chart");
+  var jobData = [[], []];
+  var jobPlot = null;
+  var lastPoint = null;
+
+  function pushProgress(p) {
+    var n = p.aggregated + p.dead;
+    if (lastPoint && p.t <= lastPoint.t) { return; }
+    if (lastPoint) { jobData[0].push(p.t); jobData[1].push((n - lastPoint.n) / (p.t - lastPoint.t)); }
+    lastPoint = { t: p.t, n: n };
+  }
+
+  if (jobChartEl && window.uPlot) {
+    fetch("/jobs/" + jobChartEl.dataset.job + "/progress.json", { credentials: "same-origin" })
+      .then(function (r) { return r.json(); })
+      .then(function (j) {
+        (j.points || []).forEach(pushProgress);
+        jobPlot = new uPlot({
+          width: Math.min(jobChartEl.clientWidth || 900, 1150), height: 200,
+          series: [{}, { label: "tasks finished /s", stroke: "#2e9d5b" }],
+          axes: [{}, { label: "tasks/s" }]
+        }, jobData, jobChartEl);
+        jobChartEl.dataset.points = String(jobData[0].length);
+      });
+  }
+
+  function updateJobChart(s) {
+    if (!jobPlot) { return; }
+    (s.jobs || []).forEach(function (j) {
+      if (j.job_id !== jobChartEl.dataset.job) { return; }
+      if (lastPoint && j.aggregated + j.dead === lastPoint.n) { return; }
+      pushProgress({ t: s.at_ms / 1000, aggregated: j.aggregated, dead: j.dead });
+      jobPlot.setData(jobData);
+      jobChartEl.dataset.points = String(jobData[0].length);
+    });
   }
 
   function setText(el, text) { if (el && el.textContent !== String(text)) { el.textContent = text; } }
@@ -66,7 +106,7 @@
       });
     });
     // A snapshot sampled before this page was rendered is older than what the page shows.
-    if (s.at_ms >= Number(document.body.dataset.renderedMs || 0)) { (s.jobs || []).forEach(updateJob); }
+    if (s.at_ms >= Number(document.body.dataset.renderedMs || 0)) { (s.jobs || []).forEach(updateJob); updateJobChart(s); }
     if (s.rate) { push(s.rate); if (plot) { plot.setData(data); } }
     document.body.dataset.live = "on";
   });
