@@ -179,6 +179,14 @@ impl Names {
         format!("{}:host:{{{}}}:rate", self.ns, host)
     }
 
+    /// Hash host -> the interval (µs) of its configured rate, as the fetchers last
+    /// advertised it (each at most once a minute per host): the dashboard's "configured
+    /// rate". One small key (one slot of a Redis Cluster), expiring when no fetcher
+    /// advertises.
+    pub fn host_rates_key(&self) -> String {
+        format!("{}:host-rates", self.ns)
+    }
+
     /// A URL's remembered `ETag` / `Last-Modified` and body (the fetcher's
     /// `--conditional`), under a 64-bit FNV-1a hash of the URL (the hash holds the URL too,
     /// so a collision is noticed, not served).

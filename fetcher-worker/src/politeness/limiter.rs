@@ -22,10 +22,12 @@
 //! requests in flight across the fleet: a counting semaphore whose permits are leases with
 //! an end on Redis time ([`Names::host_leases_key`]), so a dead holder's permit comes back.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tributary::names::Names;
+use tributary::store::hosts;
 use tributary::store::{Lua, Named, RedisConn, ScriptCall, Store, StoreError};
 use uuid::Uuid;
 
@@ -99,6 +101,11 @@ pub struct Answer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Turn(pub u64);
 
+/// How often a fetcher tells the dashboard a host's rate again ([`hosts::advertise`]).
+const ADVERTISE_EVERY: Duration = Duration::from_secs(60);
+/// Most hosts whose advertisement a fetcher remembers (it forgets them all beyond).
+const ADVERTISED_HOSTS: usize = 10_000;
+
 /// The per-host limiter of one namespace. Cheap to clone.
 #[derive(Clone)]
 pub struct HostLimiter {
@@ -106,6 +113,8 @@ pub struct HostLimiter {
     names: Names,
     scripts: Arc<Scripts>,
     aimd: Option<Aimd>,
+    /// Host -> (interval advertised, when).
+    advertised: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
 }
 
 impl std::fmt::Debug for HostLimiter {
@@ -130,6 +139,7 @@ impl HostLimiter {
                 lease_take: Lua::new(LEASE_TAKE_LUA),
             }),
             aimd: None,
+            advertised: Arc::default(),
         }
     }
 
@@ -153,6 +163,9 @@ impl HostLimiter {
     ) -> Result<Answer, StoreError> {
         let (interval, tolerance) =
             limit.map_or((0, 0), |l| (micros(l.interval).max(1), micros(l.tolerance)));
+        if interval > 0 {
+            self.advertise(host, interval).await;
+        }
         let mut call = ScriptCall::new(&self.scripts.acquire);
         call.key(self.names.host_tat_key(host))
             .key(self.names.host_pause_key(host))
@@ -180,6 +193,33 @@ impl HostLimiter {
             factor,
             turn,
         })
+    }
+
+    /// Tells the dashboard the rate applied to `host`: the first time, when it changes, and
+    /// then once per [`ADVERTISE_EVERY`]. A failure only costs the dashboard that number.
+    async fn advertise(&self, host: &str, interval_us: u64) {
+        let due = {
+            let mut seen = self.advertised.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            match seen.get(host) {
+                Some((i, at)) if *i == interval_us && now.duration_since(*at) < ADVERTISE_EVERY => {
+                    false
+                }
+                _ => {
+                    if seen.len() >= ADVERTISED_HOSTS {
+                        seen.clear();
+                    }
+                    seen.insert(host.to_string(), (interval_us, now));
+                    true
+                }
+            }
+        };
+        if due
+            && let Err(e) =
+                hosts::advertise(&mut self.conn.clone(), &self.names, host, interval_us).await
+        {
+            tracing::debug!(host, "cannot advertise the host's rate: {e}");
+        }
     }
 
     /// With AIMD, a 429 from `host`: halves its rate factor (see [`Aimd`]) for every

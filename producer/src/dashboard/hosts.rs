@@ -1,12 +1,11 @@
-//! `GET /hosts`: the fetchers' per-host limiter state (read-only, from Redis): paused for,
-//! AIMD rate factor, leases in flight, next slot, deferred backlog. The configured rates
-//! are the fetchers' `--host-rate` flags and are not in Redis.
+//! `GET /hosts`: the fetchers' per-host limiter state (read-only, from Redis): configured
+//! rate (as the fetchers advertise their `--host-rate` / `--default-host-rate`), AIMD rate
+//! factor, paused for, leases in flight, next slot, tasks deferred and their backlog.
 
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use futures::future::join_all;
 use maud::{Markup, html};
 use tributary::store::hosts::{self, HostState};
 
@@ -23,11 +22,7 @@ pub async fn hosts_page(
     let read = async {
         let store = api.backends.store().await?;
         let known = hosts::known(store).await?;
-        let states = join_all(known.iter().map(|h| hosts::read(store, h))).await;
-        states
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Into::into)
+        hosts::states(store, &known).await.map_err(Into::into)
     };
     let states: Vec<HostState> = match read.await {
         Ok(states) => states,
@@ -41,21 +36,26 @@ fn table(states: &[HostState]) -> Markup {
         return html! { p.empty { "No host has limiter state now (no --host-rate, --host-concurrency or pause in effect)." } };
     }
     let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
+    let count = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     html! {
-        p { "Configured rates are the fetchers' " code { "--host-rate" } " flags; this is what the fleet shares in Redis now." }
+        p { "Rates are the fetchers' " code { "--host-rate" } " / " code { "--default-host-rate" }
+            " as they last advertised them; the rest is what the fleet shares in Redis now." }
         table.hosts {
             thead { tr {
-                th { "host" } th { "paused for" } th.num { "rate factor (AIMD)" }
-                th.num { "leases in flight" } th { "next slot in" } th { "deferred backlog" }
+                th { "host" } th.num { "configured rate /s" } th.num { "rate factor (AIMD)" }
+                th { "paused for" } th.num { "leases in flight" } th { "next slot in" }
+                th.num { "deferred" } th { "deferred backlog" }
             } }
             tbody {
                 @for h in states {
                     tr data-host=(h.host) {
                         td { code { (h.host) } }
-                        td.paused[h.paused_for_ms.is_some()] { (ms(h.paused_for_ms)) }
+                        td.num data-field="rate" { (h.rate_per_sec.map_or_else(|| "-".to_string(), number)) }
                         td.num { (h.rate_factor.map_or_else(|| "1".to_string(), number)) }
+                        td.paused[h.paused_for_ms.is_some()] { (ms(h.paused_for_ms)) }
                         td.num { (h.leases) }
                         td { (ms(h.next_slot_ms)) }
+                        td.num data-field="deferred" { (count(h.deferred)) }
                         td { (ms(h.deferred_for_ms)) }
                     }
                 }

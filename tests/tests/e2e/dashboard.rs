@@ -454,6 +454,20 @@ async fn the_hosts_page_shows_the_limiter_state_of_each_host() {
     let _: () = redis.zadd(&leases, "lease-1", &later).await.unwrap();
     let _: () = redis.zadd(&leases, "lease-2", &later).await.unwrap();
     let _: () = redis.zadd(&leases, "ended", 1).await.unwrap();
+    // A real limiter at 10/s: one request goes, four are put aside with turns 100 ms
+    // apart; it advertises the rate it applies.
+    let limiter = fetcher_worker::politeness::limiter::HostLimiter::new(&app.store);
+    let limit = fetcher_worker::politeness::limiter::Gcra {
+        interval: std::time::Duration::from_millis(100),
+        tolerance: std::time::Duration::ZERO,
+    };
+    for _ in 0..5 {
+        let zero = std::time::Duration::ZERO;
+        limiter
+            .ask("queued.example", Some(limit), zero, None)
+            .await
+            .unwrap();
+    }
     let (_, html, _) = dash.page("/hosts", Some(&cookie)).await;
     let row = |host: &str| {
         let at = html.find(&format!("data-host=\"{host}\"")).expect(host);
@@ -466,6 +480,15 @@ async fn the_hosts_page_shows_the_limiter_state_of_each_host() {
     );
     let busy = row("busy.example");
     assert!(busy.contains("<td class=\"num\">2</td>"), "{busy}");
+    let queued = row("queued.example");
+    assert!(
+        queued.contains("data-field=\"rate\">10<"),
+        "the advertised rate: {queued}"
+    );
+    let deferred = queued.split("data-field=\"deferred\">").nth(1).unwrap();
+    let deferred: u64 = deferred.split('<').next().unwrap().parse().unwrap();
+    // Four turns given, the first possibly already due by the time the page reads them.
+    assert!((3..=4).contains(&deferred), "{queued}");
     let (status, _, to) = dash.page("/hosts", None).await;
     assert_eq!(
         (status, to.as_deref()),
