@@ -27,7 +27,7 @@ pub const PER_PAGE: usize = 50;
 /// The most dead letters one page view reads (a filter that matches few of a deep queue
 /// would otherwise read all of it); the page says when it stopped short, and `producer dlq
 /// list` / `GET /v1/dlq` read everything.
-pub const SCAN_BUDGET: u64 = 20_000;
+pub const SCAN_BUDGET: u64 = 4_000;
 
 /// The filters of the page (and of its forms), as `GET /v1/dlq` names them.
 #[derive(Debug, Default, Clone, Deserialize)]

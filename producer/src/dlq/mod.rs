@@ -118,6 +118,11 @@ pub trait Sink {
     fn read(&mut self) -> bool {
         true
     }
+
+    /// The most dead letters it will still read, if it has a budget.
+    fn read_at_most(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The CLI's sink: one JSON line per dead letter.
@@ -180,6 +185,10 @@ impl Sink for Collect {
     fn read(&mut self) -> bool {
         self.read += 1;
         self.budget.is_none_or(|budget| self.read < budget)
+    }
+
+    fn read_at_most(&self) -> Option<u64> {
+        self.budget.map(|budget| budget.saturating_sub(self.read))
     }
 
     fn entry(&mut self, info: &DeadInfo) -> anyhow::Result<()> {

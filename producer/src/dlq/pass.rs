@@ -2,9 +2,10 @@
 //! held when the pass began; and what a dead letter says about itself.
 //!
 //! A pass that only reads (`list`, a dry run, the dashboard) browses: it consumes with a
-//! prefetch as large as the queue, so the broker streams the dead letters instead of
-//! answering one `basic.get` round trip each (tens of thousands a second instead of a few
-//! thousand). A pass that changes what it reads (`replay`, `purge`) takes one dead letter at a
+//! prefetch as large as what it may read (the queue, a page's worth, a budget), so the
+//! broker streams the dead letters instead of answering one `basic.get` round trip each
+//! (tens of thousands a second instead of a few thousand); past that prefetch it goes on
+//! with `basic.get`. A pass that changes what it reads (`replay`, `purge`) takes one dead letter at a
 //! time with `basic.get`, so a slow replay never has the whole queue pushed into memory.
 
 use std::time::Duration;
@@ -52,25 +53,31 @@ pub(super) struct Pass {
     /// Dead letters in the queue when the pass began, and still to read of them.
     pub(super) depth: u32,
     left: u32,
-    /// The consumer of a browsing pass; `None`: one `basic.get` per dead letter.
-    browser: Option<Consumer>,
+    /// The consumer of a browsing pass and how many more it may deliver (its prefetch
+    /// left); `None`, or nothing left: one `basic.get` per dead letter.
+    browser: Option<(Consumer, u64)>,
 }
 
 impl Pass {
-    /// Opens a pass over the dead-letter queue of `stage`; `browse` for a read-only pass.
+    /// Opens a pass over the dead-letter queue of `stage`; `browse` for a read-only pass
+    /// that reads at most that many.
     pub(super) async fn open(
         conn: &Connection,
         names: &Names,
         stage: Stage,
-        browse: bool,
+        browse: Option<u64>,
     ) -> anyhow::Result<Pass> {
         let channel = conn.create_channel().await?;
         let queue = names.dead_queue(stage);
         let opened = async {
             let left = amqp::queue_depth(&channel, &queue).await?;
-            let browser = match browse && left > 0 {
-                true => Some(browse_from(&channel, &queue, left).await?),
-                false => None,
+            let browser = match browse {
+                Some(most) if left > 0 && most > 0 => {
+                    let prefetch = most.min(u64::from(left));
+                    let consumer = browse_from(&channel, &queue, prefetch).await?;
+                    Some((consumer, prefetch))
+                }
+                _ => None,
             };
             Ok::<_, amqp::AmqpError>((left, browser))
         };
@@ -94,13 +101,17 @@ impl Pass {
         }
         self.left -= 1;
         let delivery = match &mut self.browser {
-            Some(consumer) => match tokio::time::timeout(BROWSE_IDLE, consumer.next()).await {
-                Ok(Some(delivery)) => Some(delivery),
-                // Nothing more is ready, or the broker cancelled the consumer.
-                Ok(None) | Err(_) => None,
+            // Past its prefetch (a duplicate took a read) the consumer gets nothing more.
+            Some((consumer, more)) if *more > 0 => {
+                *more -= 1;
+                match tokio::time::timeout(BROWSE_IDLE, consumer.next()).await {
+                    Ok(Some(delivery)) => Some(delivery),
+                    // Nothing more is ready, or the broker cancelled the consumer.
+                    Ok(None) | Err(_) => None,
+                }
+                .transpose()
             }
-            .transpose(),
-            None => self
+            _ => self
                 .channel
                 .basic_get(
                     self.queue.as_str().into(),
@@ -127,10 +138,10 @@ impl Pass {
     }
 }
 
-/// Starts the consumer of a browsing pass: a prefetch of the whole queue (unlimited past
+/// Starts the consumer of a browsing pass: a prefetch of what it may read (unlimited past
 /// what a prefetch count can say), since nothing it reads is acked before the pass ends.
-async fn browse_from(channel: &Channel, queue: &str, left: u32) -> Result<Consumer, lapin::Error> {
-    let prefetch = u16::try_from(left).unwrap_or(0);
+async fn browse_from(channel: &Channel, queue: &str, most: u64) -> Result<Consumer, lapin::Error> {
+    let prefetch = u16::try_from(most).unwrap_or(0);
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;

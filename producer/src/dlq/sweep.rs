@@ -71,11 +71,11 @@ impl Sweep<'_> {
             Some(stage) => vec![stage],
             None => Stage::ALL.to_vec(),
         };
-        let browse = matches!(self.action, Action::Print { .. });
         for stage in stages {
             if self.stopped {
                 break;
             }
+            let browse = self.browse_at_most(sink);
             let mut pass = Pass::open(conn, &self.names, stage, browse).await?;
             sink.pass(pass.depth);
             let visited = self.visit(&mut pass, &act, sink).await;
@@ -84,6 +84,26 @@ impl Sweep<'_> {
             closed?;
         }
         Ok(())
+    }
+
+    /// For a read-only sweep, the most dead letters the next pass may read (`u64::MAX`
+    /// when unbounded): what the sink's budget leaves and, without a filter, what the
+    /// limit leaves. `None`: the sweep changes what it reads (no browsing).
+    fn browse_at_most(&self, sink: &impl Sink) -> Option<u64> {
+        let Action::Print { limit } = self.action else {
+            return None;
+        };
+        let unfiltered = *self.filter == DlqFilter::default();
+        let by_limit = limit
+            .filter(|_| unfiltered)
+            .map(|l| l.saturating_sub(self.done));
+        Some(
+            [sink.read_at_most(), by_limit]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(u64::MAX),
+        )
     }
 
     fn limit_reached(&self) -> bool {
