@@ -82,20 +82,57 @@ pub fn background_cpu(period: Duration) -> Option<f64> {
     Some(100.0 * b.saturating_sub(a) as f64 / ticks / period.as_secs_f64())
 }
 
-/// The pid of the first process `pgrep ARGS` lists.
-fn pgrep(args: &[&str]) -> Option<u32> {
-    command_line("pgrep", args).and_then(|p| p.parse().ok())
+/// Every pid `pgrep ARGS` lists, in order.
+fn pgrep(args: &[&str]) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
-/// Broker and Redis server processes, if found.
+/// Broker and Redis server processes: one row per process (a machine running the local
+/// clusters beside the single nodes has several of each, and which ones work depends on
+/// the URLs), `None` for a service not found.
 pub fn service_pids() -> Vec<(String, Option<u32>)> {
-    vec![
-        ("rabbitmq (beam.smp)".into(), pgrep(&["-f", "beam.smp"])),
-        (
-            "redis-server".into(),
-            pgrep(&["-x", "redis-server"]).or_else(|| pgrep(&["-f", "redis-server"])),
-        ),
-    ]
+    let redis = match pgrep(&["-x", "redis-server"]) {
+        pids if pids.is_empty() => pgrep(&["-f", "redis-server"]),
+        pids => pids,
+    };
+    let mut rows = rows_of("rabbitmq", "beam.smp", &pgrep(&["-f", "beam.smp"]));
+    rows.extend(rows_of("redis-server", "", &redis));
+    rows
+}
+
+/// `name (what)` for one pid, `name (what pid N)` for each of several, or one row
+/// without a pid.
+fn rows_of(name: &str, what: &str, pids: &[u32]) -> Vec<(String, Option<u32>)> {
+    let label = |pid: Option<u32>| {
+        let what = [
+            what.to_string(),
+            pid.map(|p| format!("pid {p}")).unwrap_or_default(),
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+        match what.as_str() {
+            "" => name.to_string(),
+            _ => format!("{name} ({what})"),
+        }
+    };
+    match pids {
+        [] => vec![(label(None), None)],
+        [pid] => vec![(label(None), Some(*pid))],
+        _ => pids.iter().map(|p| (label(Some(*p)), Some(*p))).collect(),
+    }
 }
 
 pub fn kb_to_mb(kb: u64) -> f64 {
@@ -114,5 +151,19 @@ mod tests {
         assert_eq!(status_field(status, "VmSwap:"), None);
         assert!(cpu_ticks(std::process::id()).is_some());
         assert!(memory_kb(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn services_get_a_row_per_process() {
+        assert_eq!(
+            rows_of("rabbitmq", "beam.smp", &[7]),
+            vec![("rabbitmq (beam.smp)".to_string(), Some(7))]
+        );
+        let two = rows_of("redis-server", "", &[3, 4]);
+        assert_eq!(two[1], ("redis-server (pid 4)".to_string(), Some(4)));
+        assert_eq!(
+            rows_of("redis-server", "", &[]),
+            vec![("redis-server".to_string(), None)]
+        );
     }
 }
