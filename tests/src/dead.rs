@@ -22,6 +22,7 @@ const WINDOW: usize = 1000;
 pub struct Grave {
     pub stage: Stage,
     pub job: Uuid,
+    pub task: Uuid,
     pub url: String,
     pub failure: Failure,
 }
@@ -32,6 +33,7 @@ impl Grave {
         Grave {
             stage: Stage::Fetch,
             job,
+            task: Uuid::new_v4(),
             url: url.to_string(),
             failure,
         }
@@ -72,7 +74,7 @@ pub async fn bury(app: &App, graves: impl IntoIterator<Item = Grave>) -> anyhow:
 fn dead_letter(grave: &Grave) -> (Vec<u8>, lapin::BasicProperties) {
     let task = TaskRef {
         job_id: Some(grave.job),
-        task_id: Some(Uuid::new_v4()),
+        task_id: Some(grave.task),
         url: Some(grave.url.clone()),
         enqueued_ms: None,
         traceparent: None,

@@ -18,7 +18,7 @@ use clap::Parser;
 use reqwest::header;
 use tributary::policy::{ErrorClass, Failure};
 use tributary::runtime::shutdown::CancellationToken;
-use tributary::store::jobs;
+use tributary::store::{Mark, jobs};
 use tributary_tests::app::{App, AppOptions, connection_flags, serve};
 use tributary_tests::dead::{self, Grave};
 use uuid::Uuid;
@@ -76,8 +76,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Registers the jobs (a second apart, 100 tasks each) and buries the dead letters (three
-/// error classes, 50 hosts, spread over the jobs); returns the job ids, oldest first.
+/// Registers the jobs (a second apart, 100 tasks each), buries the dead letters (three
+/// error classes, 50 hosts, spread over the jobs) and marks their tasks dead in their jobs;
+/// returns the job ids, oldest first.
 async fn fill(app: &App, args: &Args) -> anyhow::Result<Vec<Uuid>> {
     let started = Instant::now();
     let first_ms = tributary::message::now_ms() - args.jobs * 1000;
@@ -102,7 +103,11 @@ async fn fill(app: &App, args: &Args) -> anyhow::Result<Vec<Uuid>> {
             failure,
         )
     });
-    let buried = dead::bury(app, graves).await?;
+    let graves: Vec<Grave> = graves.collect();
+    let buried = dead::bury(app, graves.iter().cloned()).await?;
+    // The jobs count their dead tasks, as the workers' dead path does.
+    let tasks = graves.iter().map(|g| (g.job, g.task));
+    app.store.mark_many(Mark::Dead, tasks).await?;
     eprintln!(
         "dashboard: {} jobs and {buried} dead letters in {:.1} s",
         args.jobs,

@@ -27,7 +27,7 @@ pub const PER_PAGE: usize = 50;
 /// The most dead letters one page view reads (a filter that matches few of a deep queue
 /// would otherwise read all of it); the page says when it stopped short, and `producer dlq
 /// list` / `GET /v1/dlq` read everything.
-pub const SCAN_BUDGET: u64 = 4_000;
+pub const SCAN_BUDGET: u64 = 3_000;
 
 /// The filters of the page (and of its forms), as `GET /v1/dlq` names them.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -114,34 +114,15 @@ pub async fn dlq_page(
     Query(paging): Query<Paging>,
 ) -> Response {
     let (n, offset) = paging.at(PER_PAGE);
-    let listed = async {
-        let params = filters.params()?;
-        let command = DlqCommand::List {
-            filter: dlq::filter_of(&params)?,
-            limit: Some(offset + PER_PAGE as u64 + 1),
-        };
-        dlq::run(
-            &api,
-            &command,
-            Collect::page(offset, PER_PAGE).within(SCAN_BUDGET),
-        )
-        .await
-    };
-    let page_ = match listed.await {
-        Ok((_, page_)) => page_,
+    let page_ = match listing(&api, &filters, (offset, PER_PAGE), SCAN_BUDGET).await {
+        Ok(page_) => page_,
         Err(e) => return page_error(&caller, e),
     };
     let more = page_.seen > offset + PER_PAGE as u64;
     let body = html! {
         (filter_form(&filters))
         (class_counts(&page_, &filters))
-        @if page_.cut_short() {
-            p.cut #cut-short {
-                "Read the first " (page_.read) " of " (page_.depth) " dead letters (a page reads at most "
-                (SCAN_BUDGET) "): narrow by stage, or use " code { "producer dlq list" } " or "
-                code { "GET /v1/dlq" } " for the rest."
-            }
-        }
+        (cut_short(&page_))
         @if page_.entries.is_empty() {
             p.empty { "No dead letters match." }
         } @else {
@@ -155,6 +136,36 @@ pub async fn dlq_page(
         }
     };
     page("Dead letters", Some(&caller), body).into_response()
+}
+
+/// The dead letters matching `filters`: `keep` after skipping `offset` (one more is
+/// looked for, to know whether there is a next page), reading at most `budget`.
+pub async fn listing(
+    api: &Api,
+    filters: &Filters,
+    (offset, keep): (u64, usize),
+    budget: u64,
+) -> Result<Collect, crate::api::error::ApiError> {
+    let params = filters.params()?;
+    let command = DlqCommand::List {
+        filter: dlq::filter_of(&params)?,
+        limit: Some(offset + keep as u64 + 1),
+    };
+    let page_ = Collect::page(offset, keep).within(budget);
+    Ok(dlq::run(api, &command, page_).await?.1)
+}
+
+/// The note a listing shows when its budget ended it before the queues did.
+pub fn cut_short(page_: &Collect) -> Markup {
+    html! {
+        @if page_.cut_short() {
+            p.cut #cut-short {
+                "Read the first " (page_.read) " of " (page_.depth) " dead letters (a page reads at most "
+                (page_.budget.unwrap_or_default()) "): narrow by stage, or use " code { "producer dlq list" } " or "
+                code { "GET /v1/dlq" } " for the rest."
+            }
+        }
+    }
 }
 
 fn filter_form(f: &Filters) -> Markup {
@@ -202,7 +213,7 @@ pub fn actions(caller: &Caller, f: &Filters, what: &str) -> Markup {
     }
 }
 
-fn entries_table(caller: &Caller, entries: &[DeadInfo]) -> Markup {
+pub fn entries_table(caller: &Caller, entries: &[DeadInfo]) -> Markup {
     let text = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     html! {
         table.dlq {

@@ -1,5 +1,6 @@
-//! `GET /jobs/{id}`: a job's counters, progress and results table (sortable, with CSV and
-//! JSON downloads); `GET /jobs/{id}/results.csv`.
+//! `GET /jobs/{id}`: a job's counters, progress, rate chart, first dead tasks (with replay
+//! and purge for all of them) and results table (sortable, with CSV and JSON downloads);
+//! `GET /jobs/{id}/results.csv`.
 
 use std::sync::Arc;
 
@@ -74,9 +75,8 @@ pub async fn job_page(
         section #rate { h2 { "Rate" } (super::live::job_chart(status.job_id)) }
         section #dead {
             h2 { "Dead tasks" }
-            @let filters = super::dlq::Filters { job_id: status.job_id.to_string(), ..Default::default() };
-            p { strong { (status.dead) } " dead · " a href={ "/dlq?job_id=" (status.job_id) } { "see them" } " " }
-            @if status.dead > 0 { (super::dlq::actions(&caller, &filters, "these")) }
+            p { strong { (status.dead) } " dead" @if status.dead > 0 { " · " a href={ "/dlq?job_id=" (status.job_id) } { "all of them, with filters" } } }
+            @if status.dead > 0 { (dead_tasks(&api, &caller, status.job_id).await) }
         }
         section #results {
             h2 { "Results" }
@@ -88,6 +88,36 @@ pub async fn job_page(
         }
     };
     page(&format!("Job {}", status.job_id), Some(&caller), body).into_response()
+}
+
+/// Dead tasks shown on a job's page (the dead-letter page has them all).
+pub const DEAD_SHOWN: usize = 20;
+/// The most dead letters a job page reads to find them (less than the dead-letter page's
+/// budget: this is a part of the page, not its point).
+pub const DEAD_BUDGET: u64 = 2_000;
+
+/// The job's first dead tasks, with "replay these" / "purge these" for all of them.
+async fn dead_tasks(api: &Api, caller: &Caller, job: Uuid) -> Markup {
+    let filters = super::dlq::Filters {
+        job_id: job.to_string(),
+        ..Default::default()
+    };
+    let listed = super::dlq::listing(api, &filters, (0, DEAD_SHOWN), DEAD_BUDGET).await;
+    html! {
+        (super::dlq::actions(caller, &filters, "these"))
+        @match listed {
+            Ok(page_) => {
+                (super::dlq::cut_short(&page_))
+                @if page_.entries.is_empty() {
+                    p.empty { "None of them is in a dead-letter queue now (replayed, purged, or counted dead by the broker)." }
+                } @else {
+                    (super::dlq::entries_table(caller, &page_.entries))
+                    @if page_.seen > DEAD_SHOWN as u64 { p { "The first " (DEAD_SHOWN) " shown." } }
+                }
+            }
+            Err(e) => p.error { "The dead-letter queues cannot be read now: " (e.detail) }
+        }
+    }
 }
 
 fn counters(s: &JobStatus) -> Markup {

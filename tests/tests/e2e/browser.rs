@@ -147,6 +147,12 @@ async fn replay_from_the_job_page(browser: &Browser, dash: &Dash, job: Uuid) {
         MISSING.to_string(),
         "the page, or a live update, is stale"
     );
+    // The job's dead tasks are listed on its page, each with its URL.
+    let listed = browser
+        .script("return document.querySelectorAll('#dead table.dlq tbody tr').length;")
+        .await
+        .unwrap();
+    assert_eq!(listed.as_u64(), Some(MISSING), "the job page's dead tasks");
     browser
         .click("#dead form[action='/dlq/replay'] button")
         .await
