@@ -31,7 +31,9 @@ async fn an_operator_watches_a_job_and_replays_its_dead_tasks_in_a_browser() {
         ..AppOptions::default()
     };
     let app = App::spawn("browser", options).await.unwrap();
-    let dash = Dash::start(&app, &["--api-token", ADMIN]).await;
+    let management = super::dashboard_dlq::management_url();
+    let flags = ["--api-token", ADMIN, "--management-url", &management];
+    let dash = Dash::start(&app, &flags).await;
     let browser = Browser::start().await.unwrap();
     let mut urls: Vec<String> = (0..FOUND)
         .map(|i| app.origin.url(&format!("/quotes/{i}.json")))

@@ -210,7 +210,7 @@ async fn a_read_budget_stops_the_pass_and_leaves_the_queue_whole() {
 
 /// The management API `producer serve --management-url` reads (CI enables the plugin on
 /// the local node, scripts/services.sh).
-fn management_url() -> String {
+pub fn management_url() -> String {
     std::env::var("TRIBUTARY_TEST_MANAGEMENT_URL")
         .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
 }
