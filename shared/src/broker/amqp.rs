@@ -21,6 +21,8 @@ pub enum AmqpError {
     Protocol(#[from] lapin::Error),
     #[error("broker refused (nacked) a publish to {0}")]
     Nacked(String),
+    #[error("the broker did not {0} a publish to {1} within {2:?}")]
+    NoReply(&'static str, String, Duration),
     #[error("broker returned an unroutable publish to {0}")]
     Returned(String),
     #[error(
@@ -118,6 +120,12 @@ pub fn persistent(content_type: &str) -> BasicProperties {
         .with_content_type(content_type.into())
 }
 
+/// Longest wait for the broker to take a publish, and then to confirm it. lapin can leave
+/// both futures pending for ever when the broker closes the connection under them
+/// (amqp-rs/lapin#409: `basic_publish` hangs when the server closes the connection); past
+/// this the publish is an infrastructure error, as a lost connection is.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Publishes and returns the confirm future, so callers can keep a window of them.
 pub async fn publish(
     channel: &Channel,
@@ -126,23 +134,32 @@ pub async fn publish(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<PublisherConfirm, AmqpError> {
-    Ok(channel
-        .basic_publish(
-            ShortString::from(exchange),
-            ShortString::from(routing_key),
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            body,
-            properties,
-        )
-        .await?)
+    let publishing = channel.basic_publish(
+        ShortString::from(exchange),
+        ShortString::from(routing_key),
+        BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        },
+        body,
+        properties,
+    );
+    match tokio::time::timeout(PUBLISH_TIMEOUT, publishing).await {
+        Ok(published) => Ok(published?),
+        Err(_) => Err(AmqpError::NoReply(
+            "take",
+            routing_key.to_string(),
+            PUBLISH_TIMEOUT,
+        )),
+    }
 }
 
 /// Awaits a confirm: `Ok` only when the broker took responsibility for the message.
 pub async fn confirmed(confirm: PublisherConfirm, routing_key: &str) -> Result<(), AmqpError> {
-    match confirm.await? {
+    let confirmation = tokio::time::timeout(PUBLISH_TIMEOUT, confirm)
+        .await
+        .map_err(|_| AmqpError::NoReply("confirm", routing_key.to_string(), PUBLISH_TIMEOUT))?;
+    match confirmation? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(AmqpError::Returned(routing_key.to_string())),
         Confirmation::Nack(_) => Err(AmqpError::Nacked(routing_key.to_string())),

@@ -12,14 +12,15 @@ pub trait BinaryConfig: clap::Parser {
     fn common(&self) -> &CommonArgs;
 }
 
-/// The whole of a binary's `main`: parse the config, init telemetry, install the signal
-/// handlers, call `run(config, shutdown)`, turn its result into the exit code.
+/// The whole of a binary's `main`: small pages ([`super::memory`]), parse the config, init
+/// telemetry, install the signal handlers, call `run(config, shutdown)`, turn its result into the exit code.
 pub async fn main<C, F, Fut>(run: F) -> ExitCode
 where
     C: BinaryConfig,
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    super::memory::small_pages();
     let config = C::parse();
     super::telemetry::init(config.common().telemetry.log_format);
     let shutdown = super::shutdown::on_signals();
