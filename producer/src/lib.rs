@@ -36,7 +36,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             print_json(&enqueued)?;
             if args.wait {
                 let store = connect_store(c).await?;
-                let status = progress::watch(&store, enqueued.job_id, args.wait_timeout).await?;
+                let job = enqueued.job_id;
+                let status = progress::watch(&store, job, args.wait_timeout, &shutdown).await?;
                 print_json(&status)?;
             }
             Ok(())

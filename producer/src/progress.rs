@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tributary::runtime::shutdown::CancellationToken;
 use tributary::store::{JobStatus, Store, StoreError, wait_until_done};
 use uuid::Uuid;
 
@@ -18,11 +19,13 @@ pub fn enqueue_bar(total: u64) -> ProgressBar {
     bar
 }
 
-/// Shows a job's progress until it is done (or `timeout` passes) and returns its status.
+/// Shows a job's progress until it is done (or `timeout` passes, or `shutdown` is
+/// cancelled: Ctrl-C stops the waiting, not the job) and returns its status.
 pub async fn watch(
     store: &Store,
     job: Uuid,
     timeout: Option<Duration>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<JobStatus> {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
@@ -40,8 +43,9 @@ pub async fn watch(
             s.fetched, s.processed, s.aggregated, s.retrying, s.dead
         ));
     });
-    let result: Result<JobStatus, StoreError> = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, waiting).await {
+    let limit = timeout.unwrap_or(Duration::MAX);
+    let result: Result<JobStatus, StoreError> = tokio::select! {
+        waited = tokio::time::timeout(limit, waiting) => match waited {
             Ok(r) => r,
             Err(_) => {
                 bar.abandon();
@@ -51,7 +55,12 @@ pub async fn watch(
                 );
             }
         },
-        None => waiting.await,
+        () = shutdown.cancelled() => {
+            bar.abandon();
+            anyhow::bail!(
+                "stopped waiting for job {job} (interrupted); it goes on: see `producer status {job}`"
+            );
+        }
     };
     bar.finish_and_clear();
     Ok(result?)

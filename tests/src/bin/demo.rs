@@ -81,7 +81,10 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let job = app.enqueue_lines(&lines, &[]).await?;
-    let status = producer::progress::watch(&app.store, job, Some(Duration::from_secs(600))).await?;
+    // Ctrl-C ends the demo at once (no signal handler here), so nothing cancels the wait.
+    let never = tributary::runtime::shutdown::CancellationToken::new();
+    let limit = Some(Duration::from_secs(600));
+    let status = producer::progress::watch(&app.store, job, limit, &never).await?;
     let secs = started.elapsed().as_secs_f64();
     let results = app.store.results(job).await?.context("no results")?;
     let json = serde_json::to_value(&results)?;

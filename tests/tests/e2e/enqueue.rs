@@ -264,3 +264,47 @@ async fn an_enqueue_cut_off_by_the_broker_says_how_to_resume_and_resuming_comple
     on_cluster.amqp_url = tributary::runtime::config::UrlList::amqp(node_a).unwrap();
     cleanup_with(&on_cluster).await.unwrap();
 }
+
+/// `enqueue --wait` on a job no worker runs: Ctrl-C (SIGINT) ends the waiting at once with
+/// one line that says the job goes on, exit 1; the tasks stay queued.
+#[tokio::test]
+async fn ctrl_c_stops_enqueue_wait_and_leaves_the_job_queued() {
+    let app = App::spawn("enqueue-ctrlc", AppOptions::no_stages())
+        .await
+        .unwrap();
+    let file = url_file(&app, 0..10);
+    let path = file.path().display().to_string();
+    let mut child = Command::new(bin_dir().unwrap().join("producer"))
+        .args(connection_flags(&app.namespace))
+        .args(["enqueue", "--file", &path, "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let queue = app.names.queue(Stage::Fetch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while app.queue_depth(&queue).await.unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was enqueued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The enqueue line is printed before the waiting starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tributary_tests::procs::signal(child.id(), "INT").unwrap();
+    let sent = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if sent.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("enqueue --wait still running 10 s after SIGINT");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopped waiting for job") && stderr.contains("producer status"),
+        "{stderr}"
+    );
+    assert!(app.queue_depth(&queue).await.unwrap() > 0);
+    app.shutdown().await.unwrap();
+}
