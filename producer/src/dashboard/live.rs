@@ -30,6 +30,7 @@ use super::layout::error_page;
 use super::queues::QueueRow;
 use crate::api::Api;
 use crate::api::auth::Caller;
+use crate::api::error::ApiError;
 
 /// How often the sampler reads.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -178,34 +179,25 @@ async fn remember_progress(api: &Api, snapshot: &Snapshot, finished: &mut HashMa
 }
 
 /// `GET /jobs/{id}/progress.json`: the job's progress samples, oldest first.
-pub async fn job_progress(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    let Ok(job) = Uuid::parse_str(&id) else {
-        return crate::api::error::ApiError::not_found(
-            "unknown job",
-            format!("{id} is not a job id"),
-        )
-        .into_response();
-    };
-    let store = match api.backends.store().await {
-        Ok(store) => store,
-        Err(e) => return e.into_response(),
-    };
-    match progress::history(store, job).await {
-        Ok(points) => Json(serde_json::json!({ "points": points })).into_response(),
-        Err(e) => crate::api::error::ApiError::from(e).into_response(),
-    }
+pub async fn job_progress(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::not_found("unknown job", format!("{id} is not a job id")))?;
+    let points = progress::history(api.backends.store().await?, job).await?;
+    Ok(points_json(points))
 }
 
 /// `GET /throughput.json`: the last 15 minutes of samples.
-pub async fn throughput(State(api): State<Arc<Api>>) -> Response {
-    let store = match api.backends.store().await {
-        Ok(store) => store,
-        Err(e) => return e.into_response(),
-    };
-    match throughput::history(store, SHOWN).await {
-        Ok(points) => Json(serde_json::json!({ "points": points })).into_response(),
-        Err(e) => crate::api::error::ApiError::from(e).into_response(),
-    }
+pub async fn throughput(State(api): State<Arc<Api>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let points = throughput::history(api.backends.store().await?, SHOWN).await?;
+    Ok(points_json(points))
+}
+
+/// `{"points": [...]}`, the shape both charts read.
+fn points_json(points: impl Serialize) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "points": points }))
 }
 
 /// `GET /events`: a snapshot each second as `event: snapshot`, until the server stops;

@@ -10,6 +10,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use lapin::uri::AMQPUri;
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use tributary::names::{Names, Stage};
 use tributary::runtime::cli::UsageError;
@@ -48,7 +50,12 @@ impl Management {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(bad("must be an http:// or https:// URL"));
         }
-        let decode = |s: &str| percent_decode(s).map_err(|_| bad("user info is not UTF-8"));
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| bad("user info is not UTF-8"))
+        };
         let (user, password) = match base.username() {
             "" => ("guest".to_string(), "guest".to_string()),
             user => (decode(user)?, decode(base.password().unwrap_or(""))?),
@@ -164,7 +171,8 @@ pub fn rows_of(names: &Names, queues: &[MgmtQueue]) -> Vec<QueueRow> {
 }
 
 fn row(queue: String, stage: Stage, kind: QueueKind, found: Option<&MgmtQueue>) -> QueueRow {
-    let rate = |d: &Option<RateDetails>| Some(d.as_ref().map_or(0.0, |d| d.rate));
+    // A queue not rated yet has moved nothing: 0 per second.
+    let rate = |d: &Option<RateDetails>| d.as_ref().map_or(0.0, |d| d.rate);
     QueueRow {
         queue,
         stage: stage.as_str(),
@@ -172,8 +180,8 @@ fn row(queue: String, stage: Stage, kind: QueueKind, found: Option<&MgmtQueue>) 
         ready: found.map(|q| q.messages_ready),
         unacked: found.map(|q| q.messages_unacknowledged),
         consumers: found.map(|q| q.consumers),
-        rate_in: found.and_then(|q| rate(&q.message_stats.publish_details)),
-        rate_out: found.and_then(|q| rate(&q.message_stats.ack_details)),
+        rate_in: found.map(|q| rate(&q.message_stats.publish_details)),
+        rate_out: found.map(|q| rate(&q.message_stats.ack_details)),
     }
 }
 
@@ -188,7 +196,7 @@ fn delay_row(queue: String, stage: Stage, delays: &[&MgmtQueue]) -> QueueRow {
         kind: QueueKind::Delay,
         ready: sum(|q| q.messages_ready),
         unacked: sum(|q| q.messages_unacknowledged),
-        consumers: any.then_some(0),
+        consumers: any.then(|| delays.iter().map(|q| q.consumers).sum()),
         rate_in: any.then(|| {
             delays
                 .iter()
@@ -200,38 +208,14 @@ fn delay_row(queue: String, stage: Stage, delays: &[&MgmtQueue]) -> QueueRow {
     }
 }
 
-/// The vhost of an AMQP URL (`/` without one).
+/// The vhost of an AMQP URL, as lapin reads it (`/` without one).
 fn vhost_of(amqp_url: &str) -> String {
-    let path = Url::parse(amqp_url)
-        .map(|u| u.path().trim_start_matches('/').to_string())
-        .unwrap_or_default();
-    match percent_decode(&path) {
-        Ok(vhost) if !vhost.is_empty() => vhost,
-        _ => "/".to_string(),
-    }
-}
-
-fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
+    amqp_url
+        .parse::<AMQPUri>()
+        .map(|uri| uri.vhost)
+        .ok()
+        .filter(|vhost| !vhost.is_empty())
+        .unwrap_or_else(|| "/".to_string())
 }
 
 /// `s` with the characters a regular expression gives meaning to escaped.

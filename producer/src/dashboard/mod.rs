@@ -99,11 +99,18 @@ impl Dashboard {
         }
     }
 
-    /// The queue rows of the overview (`None` when no source answers).
+    /// The queue rows of the overview: from the management API when there is one and it
+    /// answers, else from passive declares on the broker (`None` when neither answers).
     pub async fn queue_rows(&self, api: &Api) -> Option<Vec<queues::QueueRow>> {
-        let broker = api.backends.broker().await.ok();
-        let conn = broker.as_ref().map(|b| &*b.conn);
-        queues::rows(conn, self.management.as_ref(), api.backends.names()).await
+        let names = api.backends.names();
+        if let Some(management) = &self.management {
+            match management.rows(names).await {
+                Ok(rows) => return Some(rows),
+                Err(e) => tracing::debug!("queue numbers from passive declares: {e:#}"),
+            }
+        }
+        let broker = api.backends.broker().await.ok()?;
+        Some(queues::declared_rows(&broker.conn, names).await)
     }
 
     /// The job's state, remembering its progress for the next call.

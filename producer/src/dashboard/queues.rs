@@ -9,8 +9,6 @@ use lapin::{Channel, Connection};
 use serde::Serialize;
 use tributary::names::{Names, Stage};
 
-use super::management::Management;
-
 /// What a queue of the overview is to its stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -36,24 +34,8 @@ pub struct QueueRow {
     pub rate_out: Option<f64>,
 }
 
-/// The queue rows: from the management API when there is one and it answers, else from
-/// passive declares.
-pub async fn rows(
-    conn: Option<&Connection>,
-    management: Option<&Management>,
-    names: &Names,
-) -> Option<Vec<QueueRow>> {
-    if let Some(management) = management {
-        match management.rows(names).await {
-            Ok(rows) => return Some(rows),
-            Err(e) => tracing::debug!("queue numbers from passive declares: {e:#}"),
-        }
-    }
-    Some(declared_rows(conn?, names).await)
-}
-
 /// The stage queues and their dead-letter queues, in pipeline order, by passive declares.
-async fn declared_rows(conn: &Connection, names: &Names) -> Vec<QueueRow> {
+pub async fn declared_rows(conn: &Connection, names: &Names) -> Vec<QueueRow> {
     let mut channel = conn.create_channel().await.ok();
     let mut rows = Vec::with_capacity(Stage::ALL.len() * 2);
     for stage in Stage::ALL {

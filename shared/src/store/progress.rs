@@ -1,8 +1,9 @@
 //! A job's progress over time, for the dashboard's rate chart: the sorted set
 //! `ns:{job}:progress` of samples `t aggregated dead`, scored by time (seconds). The
 //! dashboard's sampler adds one each second a job makes progress, so a job page (and a
-//! restarted `producer serve`) draws the whole run; it keeps the last [`KEPT`] and expires
-//! with the job's status (same `{job}` hash tag, so one slot of a Redis Cluster).
+//! restarted `producer serve`) draws the whole run; it keeps the last [`KEPT`] and, like
+//! the job's other keys, expires `--result-ttl` after its last change (same `{job}` hash
+//! tag, so one slot of a Redis Cluster).
 
 use redis::AsyncCommands as _;
 use serde::Serialize;
@@ -12,8 +13,6 @@ use super::{Store, StoreError};
 
 /// Samples kept per job: an hour at one a second.
 pub const KEPT: isize = 3600;
-/// The expiry of a job's samples when its status has none.
-const UNBOUNDED_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// Tasks of a job aggregated and dead at `t` (seconds since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -23,24 +22,20 @@ pub struct Point {
     pub dead: u64,
 }
 
-/// Adds a sample, trims to [`KEPT`], and gives the samples the expiry of the job's status.
+/// Adds a sample, trims to [`KEPT`] and renews the expiry, in one round trip. A sample is
+/// taken when the job's counters moved, which renewed its other keys' expiry just before.
 pub async fn remember(store: &Store, job: Uuid, point: Point) -> Result<(), StoreError> {
-    let names = store.names();
-    let key = names.progress_key(job);
+    let key = store.names().progress_key(job);
     let member = format!("{:.3} {} {}", point.t, point.aggregated, point.dead);
-    let mut conn = store.connection();
-    let ttl: i64 = conn.pttl(names.status_key(job)).await?;
     let _: () = redis::pipe()
         .zadd(&key, member, point.t)
         .ignore()
         .zremrangebyrank(&key, 0, -(KEPT + 1))
         .ignore()
-        .query_async(&mut conn)
+        .expire(&key, store.ttl().as_secs() as i64)
+        .ignore()
+        .query_async(&mut store.connection())
         .await?;
-    let _: bool = match ttl {
-        ms if ms > 0 => conn.pexpire(&key, ms).await?,
-        _ => conn.expire(&key, UNBOUNDED_TTL_SECS).await?,
-    };
     Ok(())
 }
 

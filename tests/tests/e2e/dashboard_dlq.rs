@@ -150,6 +150,17 @@ async fn purge_over_the_api(dash: &Dash, b: Uuid) {
     assert!(api_dlq(dash, "").await.is_empty());
 }
 
+/// A namespace without stages whose fetch dead-letter queue holds `n` 404s of one job,
+/// for `http://{host}/0` .. `http://{host}/{n-1}`, in that order.
+async fn spawn_with_404s(label: &str, host: &str, n: u64) -> App {
+    let app = App::spawn(label, AppOptions::no_stages()).await.unwrap();
+    let job = Uuid::new_v4();
+    let graves =
+        (0..n).map(|i| Grave::fetch(job, &format!("http://{host}/{i}"), Failure::http(404, None)));
+    dead::bury(&app, graves).await.unwrap();
+    app
+}
+
 /// A page with a read budget stops after that many dead letters, says so, and leaves every
 /// dead letter in its queue; without a budget it reads them all.
 #[tokio::test]
@@ -159,18 +170,7 @@ async fn a_read_budget_stops_the_pass_and_leaves_the_queue_whole() {
     use tributary::runtime::config::ConnectionArgs;
     use tributary::runtime::shutdown::CancellationToken;
 
-    let app = App::spawn("dash-budget", AppOptions::no_stages())
-        .await
-        .unwrap();
-    let job = Uuid::new_v4();
-    let graves = (0..7).map(|i| {
-        Grave::fetch(
-            job,
-            &format!("http://budget.example/{i}"),
-            Failure::http(404, None),
-        )
-    });
-    dead::bury(&app, graves).await.unwrap();
+    let app = spawn_with_404s("dash-budget", "budget.example", 7).await;
     let conn = app.broker().await.unwrap();
     let args = ConnectionArgs::local(&app.namespace);
     let list = DlqCommand::List {
@@ -233,18 +233,7 @@ async fn the_overview_reads_unacked_rates_and_delay_queues_from_the_management_a
     use tributary::names::Names;
     use tributary::runtime::config::QueueType;
 
-    let app = App::spawn("dash-mgmt", AppOptions::no_stages())
-        .await
-        .unwrap();
-    let job = Uuid::new_v4();
-    let graves = (0..3).map(|i| {
-        Grave::fetch(
-            job,
-            &format!("http://m.example/{i}"),
-            Failure::http(404, None),
-        )
-    });
-    dead::bury(&app, graves).await.unwrap();
+    let app = spawn_with_404s("dash-mgmt", "m.example", 3).await;
     // One message waits in a delay queue; one dead letter is held unacked.
     let conn = app.broker().await.unwrap();
     let channel = amqp::confirm_channel(&conn).await.unwrap();
