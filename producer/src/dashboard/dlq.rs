@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Extension, Form, Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use tributary::broker::deadletter::DeadInfo;
 
@@ -94,16 +95,16 @@ impl Filters {
     }
 }
 
+/// Every byte but RFC 3986's unreserved characters is percent-encoded in a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// A query value, percent-encoded.
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// `GET /dlq`.
@@ -304,4 +305,15 @@ async fn change(api: &Api, caller: Option<Caller>, change: Change, form: ChangeF
         p { a href=(back) { "Back to the dead letters" } }
     };
     page(title, Some(&caller), body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_keep_only_unreserved_characters() {
+        assert_eq!(encode("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(encode("x y/z&é"), "x%20y%2Fz%26%C3%A9");
+    }
 }
