@@ -105,6 +105,11 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         args.missing,
         args.not_json,
     );
+    if cfg!(debug_assertions) {
+        println!(
+            "debug build, quick to compile: `scripts/demo.sh --release` runs optimized (BENCHMARKS.md has the throughput)"
+        );
+    }
     let checked = check_close(&json, &expected_aggregate(0..args.urls));
     app.shutdown().await?;
     match checked {
