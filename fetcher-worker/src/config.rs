@@ -43,7 +43,7 @@ pub struct Config {
     pub retry_delays: Delays,
 
     /// Payloads per `process` message.
-    #[arg(long, env = "FETCHER_BATCH_SIZE", default_value_t = 50)]
+    #[arg(long, env = "FETCHER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,
 
     /// Bytes of payload per `process` message before it is sent.

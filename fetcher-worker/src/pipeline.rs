@@ -7,6 +7,7 @@
 //! a delivery is settled when its count reaches zero, and settled deliveries are acked
 //! together ([`crate::acks`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -54,6 +55,9 @@ struct Pipeline {
     fetcher: Arc<Fetcher>,
     sink: Sink,
     fetches: JoinSet<Outcome>,
+    /// Received tasks not yet spawned: at most [`Pipeline::spawn_cap`] fetches run (or wait
+    /// for their host) at once, whatever the number of tasks per message.
+    pending: VecDeque<Work>,
     disposals: FuturesUnordered<Disposal>,
     acks: Acks<Acker>,
     batch: Batch,
@@ -82,6 +86,7 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         },
         ctx: ctx.clone(),
         fetches: JoinSet::new(),
+        pending: VecDeque::new(),
         disposals: FuturesUnordered::new(),
         // Settled deliveries held back behind a slow one use up prefetch: a quarter of it
         // at most.
@@ -93,7 +98,7 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         if drain.draining() && pipeline.acks.is_empty() {
             return Ok(());
         }
-        if drain.draining() && pipeline.fetches.is_empty() {
+        if drain.draining() && pipeline.fetches.is_empty() && pipeline.pending.is_empty() {
             pipeline.flush();
         }
         let linger = pipeline.batch.deadline;
@@ -113,6 +118,7 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
             }
             Some(joined) = pipeline.fetches.join_next() => {
                 pipeline.fetched(joined.context("a download task panicked")?)?;
+                pipeline.spawn_pending();
             }
             _ = sleep_until(linger), if linger.is_some() => pipeline.flush(),
             Some(settled) = pipeline.disposals.next() => pipeline.settle(settled?).await?,
@@ -191,9 +197,8 @@ impl Pipeline {
         for entry in entries {
             match entry {
                 TaskEntry::Task(task, url) => {
-                    let (fetcher, work) =
-                        (self.fetcher.clone(), Work::new(task, url, received.clone()));
-                    self.fetches.spawn(async move { fetcher.run(work).await });
+                    self.pending
+                        .push_back(Work::new(task, url, received.clone()));
                 }
                 TaskEntry::Invalid { raw, failure, task } => {
                     let held = Held {
@@ -207,7 +212,27 @@ impl Pipeline {
                 }
             }
         }
+        self.spawn_pending();
         Ok(())
+    }
+
+    /// How many fetches run (or wait for their host) at once: 16 per download slot, so
+    /// tasks waiting for a rate-limited host leave room for the others, while a message of
+    /// thousands of tasks costs a few hundred bytes per waiting task, not a spawned fetch.
+    fn spawn_cap(&self) -> usize {
+        self.ctx.config.concurrency.max(1).saturating_mul(16)
+    }
+
+    /// Spawns pending tasks, in the order they arrived, up to [`Pipeline::spawn_cap`].
+    fn spawn_pending(&mut self) {
+        let cap = self.spawn_cap();
+        while self.fetches.len() < cap {
+            let Some(work) = self.pending.pop_front() else {
+                return;
+            };
+            let fetcher = self.fetcher.clone();
+            self.fetches.spawn(async move { fetcher.run(work).await });
+        }
     }
 
     /// A fetch's outcome: batched, disposed of, or deferred; a Redis failure ends the

@@ -117,6 +117,44 @@ fn result_for(job: Uuid, task: Uuid, values: &[f64]) -> ResultBatch {
     }])
 }
 
+/// One message of 1,500 tasks to a fetcher with 2 download slots: it runs at most 32 of
+/// them at once (16 per slot) and keeps the rest waiting unspawned, in order, until the
+/// delivery's last task is done; every task is counted once.
+#[tokio::test]
+async fn a_message_of_many_tasks_is_fetched_a_few_at_a_time() {
+    let app = App::spawn(
+        "e2e-many",
+        AppOptions {
+            fetcher_args: ["--concurrency", "2", "--batch-size", "7"]
+                .map(String::from)
+                .to_vec(),
+            ..AppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ids: Vec<u64> = (0..1500).collect();
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|i| app.origin.url(&format!("/quotes/{i}.json")))
+        .collect();
+    let job = app
+        .enqueue_lines(&lines, &["--batch-size", "1500"])
+        .await
+        .unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!(
+        (status.total, status.aggregated, status.dead),
+        (1500, 1500, 0),
+        "{status:?}"
+    );
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(ids),
+    );
+    app.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_redelivered_result_changes_no_total() {
     let app = App::spawn(
