@@ -6,6 +6,7 @@
 //! waits for `--redis-wait-replicas` replicas when asked to. [`conn`] is the connection
 //! (one node or a cluster).
 
+mod apply;
 pub mod census;
 pub mod conn;
 pub mod hosts;
@@ -21,7 +22,6 @@ use redis::{AsyncCommands, FromRedisValue};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::message::TaskResult;
 use crate::names::Names;
 use crate::runtime::config::ConnectionArgs;
 use crate::stats::GroupStats;
@@ -31,6 +31,8 @@ pub use inputs::{Checkpoint, InputRef, Registration};
 const STATE_LUA: &str = include_str!("lua/state.lua");
 const MARK_LUA: &str = include_str!("lua/mark.lua");
 const APPLY_LUA: &str = include_str!("lua/apply.lua");
+const APPLY_FRESH_LUA: &str = include_str!("lua/apply_fresh.lua");
+const GROUPS_LUA: &str = include_str!("lua/groups.lua");
 const TOTAL_LUA: &str = include_str!("lua/total.lua");
 const BEGIN_LUA: &str = include_str!("lua/begin.lua");
 const REGISTER_LUA: &str = include_str!("lua/register.lua");
@@ -157,6 +159,7 @@ pub struct Store {
 struct Scripts {
     mark: Lua,
     apply: Lua,
+    apply_fresh: Lua,
     total: Lua,
     begin: Lua,
     register: Lua,
@@ -182,7 +185,8 @@ impl Store {
             wait_timeout: args.redis_wait_timeout,
             scripts: std::sync::Arc::new(Scripts {
                 mark: Lua::new(&format!("{STATE_LUA}\n{MARK_LUA}")),
-                apply: Lua::new(&format!("{STATE_LUA}\n{APPLY_LUA}")),
+                apply: Lua::new(&format!("{STATE_LUA}\n{GROUPS_LUA}\n{APPLY_LUA}")),
+                apply_fresh: Lua::new(&format!("{STATE_LUA}\n{GROUPS_LUA}\n{APPLY_FRESH_LUA}")),
                 total: Lua::new(TOTAL_LUA),
                 begin: Lua::new(BEGIN_LUA),
                 register: Lua::new(REGISTER_LUA),
@@ -257,36 +261,6 @@ impl Store {
             self.mark(job, mark, &tasks).await?;
         }
         Ok(())
-    }
-
-    /// Applies results of one job, exactly once per task id; returns how many tasks were
-    /// applied now (a redelivered batch applies none).
-    pub async fn apply(&self, job: Uuid, items: &[&TaskResult]) -> Result<u64, StoreError> {
-        if items.is_empty() {
-            return Ok(0);
-        }
-        let mut call = ScriptCall::new(&self.scripts.apply);
-        call.key(self.names.status_key(job))
-            .key(self.names.tasks_key(job))
-            .key(self.names.groups_key(job))
-            .key(self.names.latency_key(job))
-            .arg(self.ttl_secs)
-            .arg(crate::message::now_ms());
-        for item in items {
-            let groups = merge_by_group(item);
-            call.arg(item.task_id.to_string())
-                .arg(item.enqueued_ms.map(|m| m.to_string()).unwrap_or_default())
-                .arg(groups.len());
-            for (group, g) in groups {
-                call.arg(group)
-                    .arg(g.records)
-                    .arg(g.count)
-                    .arg(g.sum.to_string())
-                    .arg(g.min.to_string())
-                    .arg(g.max.to_string());
-            }
-        }
-        self.write(&call).await
     }
 
     /// The job's status, or `None` for a job Redis does not know.
@@ -366,18 +340,6 @@ pub fn by_job<T>(items: impl IntoIterator<Item = (Uuid, T)>) -> BTreeMap<Uuid, V
         out.entry(job).or_default().push(item);
     }
     out
-}
-
-/// A task's records merged per group (a task may emit many records of one group).
-fn merge_by_group(item: &TaskResult) -> BTreeMap<&str, GroupStats> {
-    let mut groups: BTreeMap<&str, GroupStats> = BTreeMap::new();
-    for record in &item.records {
-        groups
-            .entry(record.group.as_str())
-            .or_insert_with(GroupStats::empty)
-            .add_record(record);
-    }
-    groups
 }
 
 fn unpack_group(packed: &str) -> Option<GroupStats> {

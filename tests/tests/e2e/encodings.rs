@@ -92,3 +92,35 @@ async fn latency_buckets_read_back_as_bounds_that_hold_the_latency() {
     }
     cleanup(&namespace).await.unwrap();
 }
+
+/// The fast path (`apply_fresh.lua`) applies an all-new batch; a batch with one task applied
+/// before falls back to the per-task form (`apply.lua`), which counts only the new ones;
+/// a task twice in one batch counts once. Totals and groups stay exact throughout.
+#[tokio::test]
+async fn an_overlapping_batch_applies_only_its_new_tasks() {
+    let (store, namespace) = store().await;
+    let job = Uuid::new_v4();
+    store.add_to_total(job, 4).await.unwrap();
+    let [a, b, c, d] =
+        [1.0, 2.0, 4.0, 8.0].map(|v| result(job, Some(now_ms()), vec![record("G", &[v])]));
+    assert_eq!(store.apply(job, &[&a, &b]).await.unwrap(), 2);
+    assert_eq!(store.apply(job, &[&b, &c, &c]).await.unwrap(), 1);
+    assert_eq!(store.apply(job, &[&d, &d]).await.unwrap(), 1);
+    assert_eq!(store.apply(job, &[&a, &b, &c, &d]).await.unwrap(), 0);
+    let g = &store.results(job).await.unwrap().unwrap().groups["G"];
+    assert_eq!(
+        (g.records, g.count, g.sum, g.min, g.max),
+        (4, 4, 15.0, 1.0, 8.0)
+    );
+    let status = store.status(job).await.unwrap().unwrap();
+    assert_eq!((status.aggregated, status.done), (4, true));
+    let tasks: u64 = store
+        .latency(job)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(tasks, 4);
+    cleanup(&namespace).await.unwrap();
+}

@@ -1,4 +1,5 @@
--- Applies result records exactly once per task id.
+-- Applies result records exactly once per task id (the per-task form; apply_fresh.lua is
+-- the fast path of a batch whose tasks are all new).
 -- KEYS[3] = the job's groups hash, KEYS[4] = the job's latency histogram.
 -- ARGV[1] = TTL in seconds, ARGV[2] = now (ms), then per task:
 --   task_id, enqueued_ms ('' if unknown), n, then n times: group records count sum min max
@@ -47,22 +48,8 @@ while i <= #ARGV do
   end
   i = i + n * 6
 end
-for _, group in ipairs(order) do
-  local a = acc[group]
-  local old = redis.call('HGET', KEYS[3], group)
-  if old then
-    local r, c, s, lo, hi = string.match(old, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
-    a[1] = a[1] + tonumber(r)
-    a[2] = a[2] + tonumber(c)
-    a[3] = a[3] + tonumber(s)
-    if tonumber(lo) < a[4] then a[4] = tonumber(lo) end
-    if tonumber(hi) > a[5] then a[5] = tonumber(hi) end
-  end
-  redis.call('HSET', KEYS[3], group, string.format('%d %d %.17g %.17g %.17g', a[1], a[2], a[3], a[4], a[5]))
-end
-for bucket, count in pairs(latency) do
-  redis.call('HINCRBY', KEYS[4], bucket, count)
-end
+write_groups(acc, order)
+write_latency(latency)
 flush_bumps()
 touch(tonumber(ARGV[1]), 1, 4)
 return applied

@@ -38,15 +38,20 @@ local function unwait(flag)
   if WAITING_FIELD[flag] then bump(WAITING_FIELD[flag], -1) end
 end
 
--- The task reached stage level `target`; true if that is news.
-local function advance(task, target)
-  local level, flag = get_state(task)
+-- The task, in state (`level`, `flag`), reached stage level `target`; true if that is news.
+local function advance_from(task, level, flag, target)
   if level >= target then return false end
   for l = level + 1, target do bump(LEVEL_FIELD[l], 1) end
   if WAITING_FIELD[flag] then unwait(flag); flag = 0 end
   if flag == DEAD and target == 3 then bump('dead', -1); flag = 0 end
   put_state(task, target, flag)
   return true
+end
+
+-- The task reached stage level `target`; true if that is news.
+local function advance(task, target)
+  local level, flag = get_state(task)
+  return advance_from(task, level, flag, target)
 end
 
 -- The task now waits with flag `waiting` (RETRYING or DEFERRED), if it is neither
