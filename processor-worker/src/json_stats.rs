@@ -7,12 +7,17 @@ use tributary::policy::{ErrorClass, Failure};
 use tributary::processor::Processor;
 use tributary::stats::record_of;
 
+use crate::flat::top_level_member;
+
 /// The built-in processor of the design.
 #[derive(Debug, Clone)]
 pub struct JsonStats {
     records: String,
     group_by: String,
     values: String,
+    /// The members the fast path reads ([`crate::flat`]), when the document is one record
+    /// and both pointers name distinct top-level members.
+    flat: Option<(String, String)>,
 }
 
 /// A JSON Pointer is empty or starts with `/`.
@@ -28,10 +33,20 @@ pub fn parse_pointer(s: &str) -> Result<String, String> {
 
 impl JsonStats {
     pub fn new(records: &str, group_by: &str, values: &str) -> Result<Self, String> {
+        let (records, group_by, values) = (
+            parse_pointer(records)?,
+            parse_pointer(group_by)?,
+            parse_pointer(values)?,
+        );
+        let flat = match (top_level_member(&group_by), top_level_member(&values)) {
+            (Some(g), Some(v)) if records.is_empty() && g != v => Some((g, v)),
+            _ => None,
+        };
         Ok(Self {
-            records: parse_pointer(records)?,
-            group_by: parse_pointer(group_by)?,
-            values: parse_pointer(values)?,
+            records,
+            group_by,
+            values,
+            flat,
         })
     }
 
@@ -98,6 +113,11 @@ fn number(n: &serde_json::Number) -> f64 {
 
 impl Processor for JsonStats {
     fn process(&self, payload: &Payload) -> Result<Vec<Record>, Failure> {
+        if let Some((group, values)) = &self.flat
+            && let Some(record) = crate::flat::record(&payload.body, group, values)
+        {
+            return Ok(vec![record]);
+        }
         let doc: serde_json::Value = serde_json::from_slice(&payload.body).map_err(|e| {
             Failure::new(ErrorClass::InvalidPayload, format!("body is not JSON: {e}"))
         })?;

@@ -4,6 +4,7 @@
 //! the same bytes fail the same way again (to retry, fix the processor and `dlq replay`).
 
 pub mod config;
+pub mod flat;
 pub mod json_stats;
 
 use std::sync::Arc;
