@@ -144,10 +144,19 @@ pub async fn publish(
         body,
         properties,
     );
-    match tokio::time::timeout(PUBLISH_TIMEOUT, publishing).await {
-        Ok(published) => Ok(published?),
+    within_publish_timeout("take", routing_key, publishing).await
+}
+
+/// `step` (the broker taking a publish, or confirming it) within [`PUBLISH_TIMEOUT`].
+async fn within_publish_timeout<T>(
+    what: &'static str,
+    routing_key: &str,
+    step: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, AmqpError> {
+    match tokio::time::timeout(PUBLISH_TIMEOUT, step).await {
+        Ok(done) => Ok(done?),
         Err(_) => Err(AmqpError::NoReply(
-            "take",
+            what,
             routing_key.to_string(),
             PUBLISH_TIMEOUT,
         )),
@@ -156,10 +165,7 @@ pub async fn publish(
 
 /// Awaits a confirm: `Ok` only when the broker took responsibility for the message.
 pub async fn confirmed(confirm: PublisherConfirm, routing_key: &str) -> Result<(), AmqpError> {
-    let confirmation = tokio::time::timeout(PUBLISH_TIMEOUT, confirm)
-        .await
-        .map_err(|_| AmqpError::NoReply("confirm", routing_key.to_string(), PUBLISH_TIMEOUT))?;
-    match confirmation? {
+    match within_publish_timeout("confirm", routing_key, confirm).await? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(AmqpError::Returned(routing_key.to_string())),
         Confirmation::Nack(_) => Err(AmqpError::Nacked(routing_key.to_string())),

@@ -46,9 +46,11 @@ impl Store {
         let mut groups: HashMap<&str, GroupStats> = HashMap::new();
         let mut latency: BTreeMap<i64, u64> = BTreeMap::new();
         for item in &distinct {
-            for (group, g) in merge_by_group(item) {
-                let all = groups.entry(group).or_insert_with(GroupStats::empty);
-                all.merge(g.records, g.count, g.sum, g.min, g.max);
+            for record in &item.records {
+                groups
+                    .entry(record.group.as_str())
+                    .or_insert_with(GroupStats::empty)
+                    .add_record(record);
             }
             if let Some(enqueued) = item.enqueued_ms {
                 *latency.entry(latency_bucket(now, enqueued)).or_default() += 1;
