@@ -67,7 +67,7 @@ pub fn parse_line(line: &str, job: Uuid, id: Uuid) -> Result<Option<Task>, Strin
             meta: input.meta,
         }
     } else {
-        Task::new(job, line.to_string()).with_id(id)
+        Task::identified(job, id, line.to_string())
     };
     task.validate().map_err(|f| f.reason)?;
     Ok(Some(task))
@@ -96,7 +96,7 @@ pub fn parse_entry(
         Format::JsonUrls => {
             let url: String =
                 serde_json::from_str(line).map_err(|_| "not a URL string".to_string())?;
-            let task = Task::new(job, url.trim().to_string()).with_id(id);
+            let task = Task::identified(job, id, url.trim().to_string());
             task.validate().map_err(|f| f.reason)?;
             Ok(Some(task))
         }

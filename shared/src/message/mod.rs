@@ -70,10 +70,16 @@ impl Task {
         }
     }
 
-    /// The task with id `task_id`.
-    pub fn with_id(mut self, task_id: Uuid) -> Self {
-        self.task_id = task_id;
-        self
+    /// A task whose id is already known (no random id is drawn for it).
+    pub fn identified(job_id: Uuid, task_id: Uuid, url: String) -> Self {
+        Self {
+            v: VERSION,
+            job_id,
+            task_id,
+            url,
+            headers: None,
+            meta: None,
+        }
     }
 
     /// Parses and validates one task object; a missing task id is derived from `salt`
@@ -278,16 +284,37 @@ pub(crate) const PAYLOAD_MAGIC: &[u8; 4] = b"TRBP";
 
 /// Frames payloads into one `process` message: `TRBP`, version byte, then per payload a
 /// big-endian u32 header length, the header JSON, a u32 body length and the body.
-pub fn encode_payloads<'a>(payloads: impl IntoIterator<Item = &'a Payload>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
+pub fn encode_payloads<'a, I>(payloads: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a Payload>,
+    I::IntoIter: Clone,
+{
+    let payloads = payloads.into_iter();
+    // Sized up front (bodies plus a typical header each), so the bodies are copied once.
+    let size: usize = payloads
+        .clone()
+        .map(|p| p.body.len() + 8 + HEADER_SIZE_HINT)
+        .sum();
+    let mut out = Vec::with_capacity(PAYLOAD_MAGIC.len() + 1 + size);
     out.extend_from_slice(PAYLOAD_MAGIC);
     out.push(VERSION);
     for payload in payloads {
-        let header = serde_json::to_vec(&payload.header).expect("a header always serializes");
-        push_frame(&mut out, &header);
+        push_header_frame(&mut out, &payload.header);
         push_frame(&mut out, &payload.body);
     }
     out
+}
+
+/// About the size of a payload header's JSON (ids, URL, trace context).
+const HEADER_SIZE_HINT: usize = 320;
+
+/// A header's JSON as a frame, written in place: the length goes in front once it is known.
+fn push_header_frame(out: &mut Vec<u8>, header: &PayloadHeader) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *out, header).expect("a header always serializes");
+    let len = u32::try_from(out.len() - at - 4).expect("frames are capped far below 4 GiB");
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 pub(crate) fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -8,7 +8,14 @@ local changed = 0
 for i = 3, #ARGV do
   local task = ARGV[i]
   local did
-  if op == 'f' then did = advance(task, 1)
+  if op == 'f' then
+    -- A task with no state yet is queued: HSETNX takes it to fetched in one call.
+    if redis.call('HSETNX', KEYS[2], task, 1) == 1 then
+      bump(LEVEL_FIELD[1], 1)
+      did = true
+    else
+      did = advance(task, 1)
+    end
   elseif op == 'p' then did = advance(task, 2)
   elseif op == 'r' then did = mark_waiting(task, RETRYING)
   elseif op == 'w' then did = mark_waiting(task, DEFERRED)

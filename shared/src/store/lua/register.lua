@@ -5,16 +5,29 @@
 -- ARGV[1] = input id, ARGV[2] = confirmed (every line before it is on the broker),
 -- ARGV[3] = '1' to seal the input (all of it is confirmed), ARGV[4] = TTL in seconds,
 -- ARGV[5] = n, ARGV[6 .. 5+n] = line positions, the rest = explicit task ids.
--- Only new positions and ids raise the total (SETBIT and SADD say whether they were new),
--- so a republished message never changes it. Returns how many were new.
+-- Only new positions and ids raise the total (the bits' old values and SADD say whether they
+-- were new), so a republished message never changes it. Returns how many were new.
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return redis.error_reply('input ' .. ARGV[1] .. ' is not registered') end
 local confirmed, sealed, fp = string.match(cur, '^(%d+) ([01]) (%S+)$')
 if not fp then return redis.error_reply('malformed checkpoint of input ' .. ARGV[1]) end
 local new = 0
 local n = tonumber(ARGV[5])
-for i = 6, 5 + n do
-  if redis.call('SETBIT', KEYS[3], ARGV[i], 1) == 0 then new = new + 1 end
+-- Positions come in runs of consecutive lines: each run of up to 32 is set with one BITFIELD
+-- SET, which returns the run's old bits; the clear ones were new.
+local function ones(x)
+  local c = 0
+  while x > 0 do c = c + x % 2; x = math.floor(x / 2) end
+  return c
+end
+local i = 6
+while i <= 5 + n do
+  local first = tonumber(ARGV[i])
+  local len = 1
+  while len < 32 and i + len <= 5 + n and tonumber(ARGV[i + len]) == first + len do len = len + 1 end
+  local old = redis.call('BITFIELD', KEYS[3], 'SET', 'u' .. len, first, 2 ^ len - 1)[1]
+  new = new + len - ones(old)
+  i = i + len
 end
 for i = 6 + n, #ARGV do
   new = new + redis.call('SADD', KEYS[4], ARGV[i])
