@@ -12,8 +12,10 @@ run it against tributary's in-process origin in the same session:
 - one Redis pipeline at the end: HINCRBY count and HINCRBYFLOAT sum per symbol.
 
 Usage: seed.py N BASE_URL [KEY_PREFIX] [REDIS_URL]
-Prints one JSON line: {"peer", "n", "seconds", "tasks_per_s", "counted"}. The Redis keys
-`KEY_PREFIX:agg:count` and `KEY_PREFIX:agg:sum` are deleted before and after the run.
+Prints one JSON line: {"peer", "n", "seconds", "tasks_per_s", "counted", "verified"}, where
+`verified` says whether the documents per symbol (after the timed part) are what N
+documents hold (document i is SYM%03d of i % 50). The Redis keys `KEY_PREFIX:agg:count`
+and `KEY_PREFIX:agg:sum` are deleted before and after the run.
 """
 import asyncio
 import json
@@ -46,6 +48,11 @@ async def process_data(d):
     return d["symbol"], sum(p) / len(p)
 
 
+def expected(n):
+    """Documents per symbol: document i is SYM%03d of i % 50."""
+    return {f"SYM{k:03d}": n // 50 + (k < n % 50) for k in range(min(n, 50))}
+
+
 async def main():
     rd = aioredis.Redis.from_url(REDIS_URL)
     await rd.delete(COUNT_KEY, SUM_KEY)
@@ -63,8 +70,10 @@ async def main():
     c = await rd.hgetall(COUNT_KEY)
     await rd.delete(COUNT_KEY, SUM_KEY)
     await rd.aclose()
+    verified = {k.decode(): int(v) for k, v in c.items()} == expected(N)
     print(json.dumps({"peer": "seed-aiohttp", "n": N, "seconds": round(dt, 3),
-                      "tasks_per_s": round(N / dt), "counted": sum(int(v) for v in c.values())}))
+                      "tasks_per_s": round(N / dt), "counted": sum(int(v) for v in c.values()),
+                      "verified": verified}))
 
 
 asyncio.run(main())

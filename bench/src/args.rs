@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Parser;
 
+use crate::peers;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "bench",
@@ -35,9 +37,14 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
 
-    /// Also run the peer scripts (bench/peers/) against the same origin and report ratios.
+    /// Also run the peer scripts (bench/peers/: seed, dramatiq, celery) against the same
+    /// origin and report ratios.
     #[arg(long)]
     pub peers: bool,
+
+    /// Run only this peer (repeatable: `--peer seed --peer celery`); implies --peers.
+    #[arg(long = "peer", value_name = "NAME", value_parser = peers::parse_peer_key)]
+    pub peer: Vec<String>,
 
     /// Also run the ceiling: the fetcher's HTTP client and the processor's parsing alone
     /// (no broker, no Redis) over the same URLs, and report the pipeline as a fraction of it.
@@ -91,9 +98,14 @@ impl Args {
         if self.fetchers == 0 || self.processors == 0 || self.aggregators == 0 {
             bail!("every stage needs at least one worker");
         }
-        if self.enqueue_only && (self.peers || self.ceiling) {
-            bail!("--enqueue-only runs the producer alone: drop --peers and --ceiling");
+        if self.enqueue_only && (self.wants_peers() || self.ceiling) {
+            bail!("--enqueue-only runs the producer alone: drop --peers, --peer and --ceiling");
         }
         Ok(())
+    }
+
+    /// Whether any peer runs: `--peers`, or a `--peer`.
+    pub fn wants_peers(&self) -> bool {
+        self.peers || !self.peer.is_empty()
     }
 }

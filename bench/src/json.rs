@@ -95,6 +95,7 @@ fn peer(p: &PeerResult, ours: Option<f64>) -> Value {
         "urls_per_s": p.urls_per_s.map(f64::round),
         "seconds": p.seconds,
         "counted": p.counted,
+        "verified": p.verified,
         "cpu_s": p.cpu_s.map(round2),
         "peak_rss_mb": p.peak_rss_mb.map(round1),
         "ratio_tributary_to_peer": ours.zip(p.urls_per_s).map(|(a, b)| round2(a / b)),

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p tributary-bench -- [--urls 20000] [--fetchers 1] [--processors 1]
-//!     [--aggregators 1] [--latency-ms 0] [--json PATH] [--peers] [--ceiling]
+//!     [--aggregators 1] [--latency-ms 0] [--json PATH] [--peers] [--peer NAME]... [--ceiling]
 //! ```
 //!
 //! Exit 0 when everything matched; 1 when the aggregate differs, a task is dead, a worker

@@ -20,6 +20,43 @@ pub fn memory_kb(pid: u32) -> Option<(u64, u64)> {
     Some((rss, status_field(&text, "VmHWM:").unwrap_or(rss)))
 }
 
+/// Proportional memory of a live process, in kB: Pss from `/proc/<pid>/smaps_rollup`
+/// (each shared page split between the processes that map it), VmRSS where that is missing.
+pub fn pss_kb(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|text| status_field(&text, "Pss:"))
+        .or_else(|| memory_kb(pid).map(|(rss, _)| rss))
+}
+
+/// `pid` and all its live descendants (children from `/proc/<pid>/task/<tid>/children`),
+/// parents first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&p) = tree.get(next) {
+        tree.extend(children(p));
+        next += 1;
+    }
+    tree
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Fields of `/proc/<pid>/stat` after the command name: index 0 is field 3 (state).
 fn stat_fields(pid: &str) -> Option<Vec<u64>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -151,6 +188,21 @@ mod tests {
         assert_eq!(status_field(status, "VmSwap:"), None);
         assert!(cpu_ticks(std::process::id()).is_some());
         assert!(memory_kb(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn a_process_tree_holds_its_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep runs");
+        let tree = process_tree(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(tree.first(), Some(&std::process::id()));
+        assert!(tree.contains(&child.id()), "{tree:?}");
+        assert!(pss_kb(std::process::id()).is_some_and(|kb| kb > 0));
+        assert_eq!(process_tree(child.id()), vec![child.id()]);
     }
 
     #[test]

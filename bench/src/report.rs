@@ -50,7 +50,10 @@ pub struct PeerResult {
     pub urls_per_s: Option<f64>,
     pub seconds: Option<f64>,
     pub counted: Option<u64>,
+    /// Whether the peer found its aggregate right (for a peer that checks it).
+    pub verified: Option<bool>,
     pub cpu_s: Option<f64>,
+    /// The script's peak RSS plus the peak summed PSS of the processes it started.
     pub peak_rss_mb: Option<f64>,
     pub skipped: Option<String>,
 }
@@ -234,12 +237,13 @@ fn peers(out: &mut String, r: &Report) {
                 let ratio = r.end_to_end_rate().map(|ours| ours / rate);
                 let _ = writeln!(
                     out,
-                    "peer        {:>10.0} URLs/s   {} (tributary / peer = {}x; peer CPU {} s, peak RSS {} MB)",
+                    "peer        {:>10.0} URLs/s   {} (tributary / peer = {}x; peer CPU {} s, peak RSS {} MB; {})",
                     rate,
                     p.name,
                     opt(ratio, 2),
                     opt(p.cpu_s, 2),
-                    opt(p.peak_rss_mb, 1)
+                    opt(p.peak_rss_mb, 1),
+                    peer_outcome(p)
                 );
             }
             (None, Some(why)) => {
@@ -250,6 +254,17 @@ fn peers(out: &mut String, r: &Report) {
             }
         }
     }
+}
+
+/// What a peer counted and whether its aggregate checked out.
+fn peer_outcome(p: &PeerResult) -> String {
+    let counted = p.counted.map_or_else(|| "-".into(), |c| c.to_string());
+    let verdict = match p.verified {
+        Some(true) => "aggregate verified",
+        Some(false) => "aggregate MISMATCH",
+        None => "aggregate not checked",
+    };
+    format!("counted {counted}, {verdict}")
 }
 
 /// The ceiling line: fetch + parse alone, and the pipeline as a fraction of it.

@@ -105,8 +105,8 @@ async fn extras(ctx: &Ctx<'_>, report: &mut Report) {
                 .push(format!("ceiling: {}", one_line(&format!("{e:#}")))),
         }
     }
-    if ctx.args.peers {
-        for peer in peers::PEERS {
+    if ctx.args.wants_peers() {
+        for peer in peers::selected(ctx.args) {
             ctx.origin.reset();
             report.peers.push(peers::run_peer(ctx, peer).await);
         }

@@ -1,12 +1,13 @@
 //! Peak memory of processes over a run: a thread that reads `/proc` every 50 ms for the
-//! long-running ones, and a closer watch (every 2 ms, with a series) for short-lived ones.
+//! long-running ones, a closer watch (every 2 ms, with a series) for short-lived ones, and a
+//! watch of a whole process tree (a peer script and the workers it starts).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::procfs::memory_kb;
+use crate::procfs::{memory_kb, process_tree, pss_kb};
 
 /// How often the sampler reads `/proc`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
@@ -119,4 +120,32 @@ pub fn watch_closely(pid: u32, started: Instant) -> CloseWatch {
 
 pub fn join_watch(watch: CloseWatch) -> (Option<u64>, Vec<(f64, u64)>) {
     watch.join().unwrap_or((None, Vec::new()))
+}
+
+/// A process tree's peak memory in kB, once its root has exited.
+pub type TreeWatch = std::thread::JoinHandle<Option<u64>>;
+
+/// How often [`watch_tree`] walks the tree.
+const TREE_EVERY: Duration = SAMPLE_EVERY;
+
+/// Watches `pid` and its descendants until `pid` has exited: `pid`'s peak RSS (VmHWM, as
+/// [`watch_closely`]) plus the peak of its descendants' summed PSS (worker pools fork, and a
+/// page they share would count once per process in a sum of RSS).
+pub fn watch_tree(pid: u32) -> TreeWatch {
+    std::thread::spawn(move || {
+        let mut root: Option<u64> = None;
+        let mut descendants = 0;
+        while let Some((rss, hwm)) = memory_kb(pid) {
+            root = Some(root.unwrap_or(0).max(rss).max(hwm));
+            let tree = process_tree(pid);
+            let sum: u64 = tree.iter().skip(1).filter_map(|&p| pss_kb(p)).sum();
+            descendants = descendants.max(sum);
+            std::thread::sleep(TREE_EVERY);
+        }
+        root.map(|r| r + descendants)
+    })
+}
+
+pub fn join_tree_watch(watch: TreeWatch) -> Option<u64> {
+    watch.join().unwrap_or(None)
 }
