@@ -25,6 +25,8 @@ import time
 try:
     import aiohttp
     import redis.asyncio as aioredis
+
+    from peerkit import expected
 except ImportError as e:  # the bench reports this line and skips the peer
     print(f"seed peer: missing Python package ({e.name}): pip install aiohttp redis",
           file=sys.stderr)
@@ -46,11 +48,6 @@ async def fetch_data(session, url):
 async def process_data(d):
     p = d["prices"]
     return d["symbol"], sum(p) / len(p)
-
-
-def expected(n):
-    """Documents per symbol: document i is SYM%03d of i % 50."""
-    return {f"SYM{k:03d}": n // 50 + (k < n % 50) for k in range(min(n, 50))}
 
 
 async def main():
