@@ -70,6 +70,9 @@ fn results(r: &Report) -> Value {
             .map(|(b, n)| json!([round1(*b), n]))
             .collect::<Vec<_>>(),
         "status": r.status,
+        "timeline": r.timeline.map(|t| t.entries().iter()
+            .map(|(name, at)| ((*name).to_string(), json!(at.map(round3))))
+            .collect::<serde_json::Map<_, _>>()),
         "aggregate_exact": r.verified,
         "problems": r.problems,
     })

@@ -20,6 +20,7 @@ mod producer;
 mod report;
 mod run;
 mod sampler;
+mod timeline;
 mod workers;
 
 use std::process::ExitCode;

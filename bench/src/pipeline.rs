@@ -18,6 +18,7 @@ use crate::producer::{
 use crate::report::{ProcRow, Report};
 use crate::run::Ctx;
 use crate::sampler::{Sampler, join_watch};
+use crate::timeline::Timeline;
 use crate::workers::{Worker, log_problems, spawn_workers, stop_workers, wait_for_workers};
 
 /// How often the job status is polled.
@@ -43,7 +44,8 @@ pub async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let (watched, missing) = watch_processes(&workers, &sampler);
     let machine_before = machine_ticks();
     let mut spawned = spawn_producer(ctx, file.path())?;
-    let (done_at, status, finished) = wait_done(ctx, &store, &mut spawned).await?;
+    let mut timeline = Timeline::default();
+    let (done_at, status, finished) = wait_done(ctx, &store, &mut spawned, &mut timeline).await?;
     let cpu_after: Vec<Option<u64>> = watched.iter().map(|w| cpu_ticks(w.pid)).collect();
     let machine_after = machine_ticks();
     let producer_ticks = children_ticks().saturating_sub(spawned.children_before);
@@ -62,6 +64,7 @@ pub async fn pipeline(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         enqueue_s: enqueue_time.as_secs_f64(),
         end_to_end_s: Some(done_at.as_secs_f64()),
         ticks: crate::procfs::clock_ticks(),
+        timeline: Some(timeline),
         ..Report::default()
     };
     verify(ctx, &store, spawned.job, &status, &mut report).await?;
@@ -157,12 +160,14 @@ fn watch_processes(workers: &[Worker], sampler: &Sampler) -> (Vec<Watched>, Vec<
     (watched, missing)
 }
 
-/// Polls the job until Redis says it is done and the producer has exited 0; returns the
-/// end-to-end time, the final status and the producer's output.
+/// Polls the job until Redis says it is done and the producer has exited 0, noting its
+/// milestones in `timeline`; returns the end-to-end time, the final status and the
+/// producer's output.
 async fn wait_done(
     ctx: &Ctx<'_>,
     store: &Store,
     spawned: &mut crate::producer::Spawned,
+    timeline: &mut Timeline,
 ) -> anyhow::Result<(Duration, JobStatus, (std::process::Output, Duration))> {
     let limit = Duration::from_secs(ctx.args.timeout_secs);
     let mut producer_done = None;
@@ -174,6 +179,7 @@ async fn wait_done(
             producer_done = Some(succeeded(ctx, finished)?);
         }
         if let Some(status) = store.status(spawned.job).await? {
+            timeline.observe(&status, spawned.started.elapsed());
             if status.done
                 && let Some(done) = producer_done.take()
             {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::args::Args;
 use crate::machine::Env;
 use crate::procfs::kb_to_mb;
+use crate::timeline::Timeline;
 use crate::workers::LogProblems;
 
 /// One process of the report.
@@ -78,6 +79,8 @@ pub struct Report {
     pub enqueue_s: f64,
     pub end_to_end_s: Option<f64>,
     pub status: Option<JobStatus>,
+    /// When the pipeline run reached its milestones.
+    pub timeline: Option<Timeline>,
     pub latency: LatencyHistogram,
     pub verified: Option<bool>,
     pub processes: Vec<ProcRow>,
@@ -211,6 +214,12 @@ fn rates(out: &mut String, r: &Report) {
             opt(percentile(&r.latency, 0.50), 1),
             opt(percentile(&r.latency, 0.99), 1)
         );
+    }
+    if let Some(t) = &r.timeline {
+        let at = t
+            .entries()
+            .map(|(name, at)| format!("{} {} s", name.replace('_', " "), opt(at, 2)));
+        let _ = writeln!(out, "timeline    {}", at.join(", "));
     }
     if let Some(s) = &r.status {
         let _ = writeln!(
