@@ -8,7 +8,9 @@
 //! unsettled one they are acked one by one.
 //!
 //! The consumer has a channel of its own (`Session::consumer`), so a `multiple` ack covers
-//! only this tracker's deliveries; each delivery is acked exactly once.
+//! only this tracker's deliveries; each delivery is acked exactly once. When the prefetch
+//! changes ([`crate::prefetch`]), the new consumer is on the same channel and the old one's
+//! last deliveries go to the same tracker, so this still holds.
 
 use std::collections::BTreeMap;
 
@@ -73,6 +75,11 @@ impl<A> Acks<A> {
 
     pub fn len(&self) -> usize {
         self.open.len()
+    }
+
+    /// Changes [`Acks::max_held`] (the prefetch changed).
+    pub fn set_max_held(&mut self, max_held: usize) {
+        self.max_held = max_held;
     }
 
     /// The most settled deliveries held back before they are acked one by one.

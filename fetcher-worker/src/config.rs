@@ -8,6 +8,7 @@ use tributary::runtime::config::{CommonArgs, WorkerArgs};
 
 use crate::http::HttpOptions;
 use crate::politeness::rates::{HostRates, Rate, RateTable};
+use crate::prefetch::{PrefetchSizer, TASKS_PER_SLOT};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -123,11 +124,18 @@ impl Config {
         }
     }
 
-    /// Broker prefetch: enough messages to keep every download slot busy.
+    /// Broker prefetch at the start: enough messages to keep every download slot busy.
     pub fn prefetch(&self) -> u16 {
         self.worker
             .prefetch
             .unwrap_or_else(|| self.concurrency.clamp(8, 2000) as u16)
+    }
+
+    /// The prefetch from there on: sized in tasks, unless `--prefetch` fixes it
+    /// ([`crate::prefetch`]).
+    pub fn prefetch_sizer(&self) -> PrefetchSizer {
+        let budget = self.concurrency.max(1).saturating_mul(TASKS_PER_SLOT);
+        PrefetchSizer::new(self.prefetch(), budget, self.worker.prefetch.is_none())
     }
 }
 

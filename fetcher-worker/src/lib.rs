@@ -11,6 +11,7 @@ pub mod guard;
 pub mod http;
 pub mod pipeline;
 pub mod politeness;
+pub mod prefetch;
 pub mod sink;
 
 use std::sync::Arc;

@@ -26,7 +26,7 @@ use tributary::names::{Names, Stage};
 use tributary::policy::RetryPolicy;
 use tributary::runtime::accounting;
 use tributary::runtime::metrics::metrics;
-use tributary::runtime::session::{Drain, Session};
+use tributary::runtime::session::{Drain, Session, subscribe};
 
 use crate::acks::{AckPlan, Acks};
 use crate::conditional::Conditional;
@@ -71,9 +71,17 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
 
 async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
     let config = &ctx.config;
-    let (consume, mut consumer, consumer_tag) = session
-        .consumer(&ctx.names.queue(Stage::Fetch), config.prefetch(), "fetcher")
-        .await?;
+    let mut sizer = config.prefetch_sizer();
+    let queue = ctx.names.queue(Stage::Fetch);
+    let (channel, consumer, tag) = session.consumer(&queue, sizer.current(), "fetcher").await?;
+    let mut subscription = Subscription {
+        channel,
+        queue,
+        consumer,
+        tag,
+        draining: None,
+        cancelled: false,
+    };
     let limits = host_limits(&ctx, session);
     let _pause_watch = limits.as_ref().and_then(HostLimits::watch_pauses);
     let mut pipeline = Pipeline {
@@ -88,9 +96,7 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         fetches: JoinSet::new(),
         pending: VecDeque::new(),
         disposals: FuturesUnordered::new(),
-        // Settled deliveries held back behind a slow one use up prefetch: a quarter of it
-        // at most.
-        acks: Acks::new((usize::from(config.prefetch()) / 4).max(1)),
+        acks: Acks::new(max_held(sizer.current())),
         batch: Batch::default(),
     };
     let mut drain = Drain::new(config.worker.shutdown_timeout);
@@ -103,19 +109,14 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         }
         let linger = pipeline.batch.deadline;
         metrics().set_in_flight(Stage::Fetch, pipeline.fetches.len());
+        let mut delivered = None;
         tokio::select! {
-            _ = session.shutdown.cancelled(), if !drain.draining() => {
-                drain.begin();
-                let _ = consume.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default()).await;
-            }
+            _ = session.shutdown.cancelled(), if !drain.draining() => drain.begin(),
             _ = drain.expired() => {
                 tracing::warn!(unacked = pipeline.acks.len(), "shutdown timeout: leaving unfinished deliveries for redelivery");
                 return Ok(());
             }
-            next = consumer.next(), if !drain.draining() => {
-                let delivery = next.context("the broker cancelled the consumer")??;
-                pipeline.take(delivery).await?;
-            }
+            next = subscription.next(), if !drain.draining() => delivered = next?,
             Some(joined) = pipeline.fetches.join_next() => {
                 pipeline.fetched(joined.context("a download task panicked")?)?;
                 pipeline.spawn_pending();
@@ -123,6 +124,84 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
             _ = sleep_until(linger), if linger.is_some() => pipeline.flush(),
             Some(settled) = pipeline.disposals.next() => pipeline.settle(settled?).await?,
         }
+        if drain.draining() && !subscription.cancelled {
+            subscription.cancel().await;
+        }
+        if let Some(delivery) = delivered {
+            let tasks = pipeline.take(delivery).await?;
+            let prefetch = sizer.observe(tasks);
+            if let Some(prefetch) = prefetch.filter(|_| subscription.draining.is_none()) {
+                subscription.resubscribe(prefetch).await?;
+                pipeline.acks.set_max_held(max_held(prefetch));
+            }
+        }
+    }
+}
+
+/// Settled deliveries held back behind a slow one use up prefetch: a quarter of it at
+/// most.
+fn max_held(prefetch: u16) -> usize {
+    (usize::from(prefetch) / 4).max(1)
+}
+
+/// The session's consumer of the `fetch` queue, and the one it replaced while that one's
+/// last deliveries arrive. Both are on one channel, so one [`Acks`] tracker (and its
+/// `multiple` acks) covers the deliveries of both.
+struct Subscription {
+    channel: lapin::Channel,
+    queue: String,
+    consumer: lapin::Consumer,
+    tag: String,
+    draining: Option<lapin::Consumer>,
+    /// Shutdown cancelled the consumer.
+    cancelled: bool,
+}
+
+impl Subscription {
+    /// Subscribes again with `prefetch` ([`crate::prefetch`]): the new consumer first, so
+    /// the fetcher never goes without one; the old one is cancelled and drained.
+    async fn resubscribe(&mut self, prefetch: u16) -> anyhow::Result<()> {
+        let (consumer, tag) = subscribe(&self.channel, &self.queue, prefetch, "fetcher").await?;
+        let old_tag = std::mem::replace(&mut self.tag, tag);
+        self.draining = Some(std::mem::replace(&mut self.consumer, consumer));
+        self.channel
+            .basic_cancel(old_tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        metrics().set_prefetch(Stage::Fetch, prefetch);
+        tracing::info!(prefetch, "fetch prefetch set to {prefetch} messages");
+        Ok(())
+    }
+
+    /// The next delivery of either consumer; `None` when the one being replaced has sent
+    /// its last.
+    async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
+        let Self {
+            consumer, draining, ..
+        } = self;
+        let old = async {
+            match draining.as_mut() {
+                Some(old) => old.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            next = consumer.next() => Some(next.context("the broker cancelled the consumer")??),
+            next = old => next.transpose()?,
+        };
+        if next.is_none() {
+            self.draining = None;
+        }
+        Ok(next)
+    }
+
+    /// Stops the deliveries (shutdown); what was delivered is still acked.
+    async fn cancel(&mut self) {
+        self.cancelled = true;
+        let tag = self.tag.as_str().into();
+        let _ = self
+            .channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await;
     }
 }
 
@@ -181,7 +260,8 @@ async fn sleep_until(at: Option<Instant>) {
 impl Pipeline {
     /// A task message: every valid task starts its fetch; every invalid one is disposed of
     /// (dead-lettered in its job, if it names one).
-    async fn take(&mut self, delivery: Delivery) -> anyhow::Result<()> {
+    /// Returns how many tasks it held.
+    async fn take(&mut self, delivery: Delivery) -> anyhow::Result<usize> {
         let received = received(&delivery);
         let properties = &delivery.properties;
         let entries = decode_tasks(
@@ -189,11 +269,13 @@ impl Pipeline {
             properties.content_type().as_ref().map(|s| s.as_str()),
             properties.message_id().as_ref().map(|s| s.as_str()),
         );
-        self.acks.open(received.tag, delivery.acker, entries.len());
+        let tasks = entries.len();
+        self.acks.open(received.tag, delivery.acker, tasks);
         if entries.is_empty() {
-            return self.ack_due().await;
+            self.ack_due().await?;
+            return Ok(0);
         }
-        metrics().consumed(Stage::Fetch, entries.len() as u64);
+        metrics().consumed(Stage::Fetch, tasks as u64);
         for entry in entries {
             match entry {
                 TaskEntry::Task(task, url) => {
@@ -213,7 +295,7 @@ impl Pipeline {
             }
         }
         self.spawn_pending();
-        Ok(())
+        Ok(tasks)
     }
 
     /// How many fetches run (or wait for their host) at once: 16 per download slot, so

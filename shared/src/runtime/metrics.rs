@@ -73,6 +73,7 @@ pub struct Metrics {
     retried: Family<FailureLabels, Counter>,
     dead: Family<FailureLabels, Counter>,
     in_flight: Family<StageLabel, Gauge>,
+    prefetch: Family<StageLabel, Gauge>,
     queue_depth: Family<QueueLabel, Gauge>,
     http_responses: Family<StatusLabel, Counter>,
     fetched_bytes: Counter,
@@ -96,6 +97,7 @@ impl Metrics {
             retried: Family::default(),
             dead: Family::default(),
             in_flight: Family::default(),
+            prefetch: Family::default(),
             queue_depth: Family::default(),
             http_responses: Family::default(),
             fetched_bytes: Counter::default(),
@@ -119,6 +121,7 @@ impl Metrics {
             "tasks_retried", "Tasks sent to a delay queue, by error class" => m.retried;
             "tasks_dead", "Tasks dead-lettered, by error class" => m.dead;
             "in_flight", "Tasks (fetch) or messages (process) being worked on" => m.in_flight;
+            "prefetch", "The AMQP prefetch of a stage's consumer (the fetcher's follows its tasks per message)" => m.prefetch;
             "queue_depth", "Messages ready in a stage queue, sampled" => m.queue_depth;
             "http_responses", "Origin responses by status code" => m.http_responses;
             "fetched_bytes", "Body bytes downloaded" => m.fetched_bytes;
@@ -172,6 +175,14 @@ impl Metrics {
                 stage: stage.as_str(),
             })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_prefetch(&self, stage: Stage, n: u16) {
+        self.prefetch
+            .get_or_create(&StageLabel {
+                stage: stage.as_str(),
+            })
+            .set(i64::from(n));
     }
 
     pub fn set_queue_depth(&self, queue: &str, n: u32) {

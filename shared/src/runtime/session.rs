@@ -65,20 +65,8 @@ impl Session {
         prefetch: u16,
         label: &str,
     ) -> Result<(Channel, lapin::Consumer, String), amqp::AmqpError> {
-        use lapin::options::{BasicConsumeOptions, BasicQosOptions};
         let channel = self.channel().await?;
-        channel
-            .basic_qos(prefetch.max(1), BasicQosOptions::default())
-            .await?;
-        let tag = format!("{label}-{}", uuid::Uuid::new_v4());
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                lapin::types::FieldTable::default(),
-            )
-            .await?;
+        let (consumer, tag) = subscribe(&channel, queue, prefetch, label).await?;
         Ok((channel, consumer, tag))
     }
 
@@ -208,4 +196,29 @@ where
             }
         }
     }
+}
+
+/// Starts a consumer on `queue` on `channel` with a prefetch of `prefetch` messages (its
+/// own: RabbitMQ fixes a consumer's prefetch when it subscribes, so a consumer that needs
+/// another one subscribes again); returns the consumer and its tag (for `basic_cancel`).
+pub async fn subscribe(
+    channel: &Channel,
+    queue: &str,
+    prefetch: u16,
+    label: &str,
+) -> Result<(lapin::Consumer, String), amqp::AmqpError> {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    channel
+        .basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let tag = format!("{label}-{}", uuid::Uuid::new_v4());
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok((consumer, tag))
 }

@@ -244,8 +244,10 @@ async fn host_concurrency_never_holds_a_delivery_past_the_wait() {
 }
 
 const OUTAGE_URLS: u64 = 20_000;
-/// Broker prefetch of each worker in the outage test (messages of 20 tasks for fetchers).
+/// Broker prefetch of each worker in the outage test.
 const OUTAGE_PREFETCH: u64 = 16;
+/// Tasks per `fetch` message (the producer's default `--batch-size`).
+const TASKS_PER_MESSAGE: u64 = 50;
 
 /// A counter of a worker's /metrics (0 when it has no such line yet).
 async fn scrape(port: u16, line_start: &str) -> u64 {
@@ -371,7 +373,7 @@ async fn a_job_finishes_exactly_through_a_60_s_redis_outage() {
     let redelivered = consumed.saturating_sub(OUTAGE_URLS);
     eprintln!("fetch tasks consumed {consumed}, redelivered {redelivered}");
     assert!(
-        redelivered < 3 * OUTAGE_PREFETCH * 20,
+        redelivered < 3 * OUTAGE_PREFETCH * TASKS_PER_MESSAGE,
         "{redelivered} redelivered fetch tasks"
     );
     stop_workers(workers, 1..=3).await;

@@ -7,7 +7,9 @@ use tributary::broker::amqp::{self, HeadersExt, header};
 use tributary::message::{CONTENT_TYPE_RESULTS, ResultBatch, TaskResult};
 use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
+use tributary_tests::procs::Worker;
 use tributary_tests::quotes::{assert_close, expected_aggregate};
+use tributary_tests::redis_node::free_port;
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -275,7 +277,7 @@ async fn invalid_input_enqueues_nothing_unless_skipped() {
     let status = app.store.status(job).await.unwrap().unwrap();
     assert_eq!(status.total, 2);
     assert!(!status.done);
-    // Both tasks travel in one NDJSON message (the default batch is 20 tasks).
+    // Both tasks travel in one NDJSON message (the default batch is 50 tasks).
     assert_eq!(
         app.queue_depth(&app.names.queue(Stage::Fetch))
             .await
@@ -346,5 +348,78 @@ async fn conditional_requests_reuse_the_last_body_on_304() {
     // A 304 reuses the last payload's body: the aggregate is the same as for a 200.
     assert_close(&results[0], &expected_aggregate(0..40));
     assert_eq!(results[0]["groups"], results[1]["groups"]);
+    app.shutdown().await.unwrap();
+}
+
+/// The fetcher's prefetch follows the tasks per message: a fetcher with 16 download slots
+/// starts at a prefetch of 16 messages, sees messages of 100 tasks, and subscribes again
+/// with the floor of 8 (its task budget, 16 × 20, is 3.2 such messages). The job across
+/// the new subscription finishes exactly, every task is consumed once (no delivery of the
+/// replaced consumer is lost or left unacked), and the fetch queue is empty afterwards.
+#[tokio::test]
+async fn the_fetch_prefetch_follows_the_tasks_per_message() {
+    const N: u64 = 4_000;
+    let app = App::spawn(
+        "e2e-prefetch",
+        AppOptions {
+            fetchers: 0,
+            ..AppOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--allow-private",
+        "--concurrency",
+        "16",
+        "--metrics-listen",
+        &listen,
+    ];
+    let fetcher = Worker::start("fetcher-worker", &app.namespace, &args).unwrap();
+    let ids: Vec<u64> = (0..N).collect();
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|i| app.origin.url(&format!("/quotes/{i}.json")))
+        .collect();
+    let job = app
+        .enqueue_lines(&lines, &["--batch-size", "100"])
+        .await
+        .unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (N, 0), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(ids),
+    );
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    assert_eq!(
+        metric("tributary_prefetch{stage=\"fetch\"}"),
+        Some(8.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric("tributary_tasks_consumed_total{stage=\"fetch\"}"),
+        Some(N as f64),
+        "a task was delivered twice"
+    );
+    let exit = fetcher.terminate(Duration::from_secs(30)).unwrap();
+    assert!(exit.success(), "the fetcher exited with {exit}");
+    let queue = app.names.queue(Stage::Fetch);
+    assert_eq!(
+        app.queue_depth(&queue).await.unwrap(),
+        0,
+        "a delivery was left unacked"
+    );
     app.shutdown().await.unwrap();
 }
