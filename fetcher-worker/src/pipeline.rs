@@ -168,12 +168,21 @@ impl Subscription {
             .basic_cancel(old_tag.as_str().into(), BasicCancelOptions::default())
             .await?;
         metrics().set_prefetch(Stage::Fetch, prefetch);
-        tracing::info!(prefetch, "fetch prefetch set to {prefetch} messages");
+        tracing::info!(
+            prefetch,
+            "fetch prefetch changed to follow the tasks per message"
+        );
         Ok(())
     }
 
     /// The next delivery of either consumer; `None` when the one being replaced has sent
     /// its last.
+    ///
+    /// The replaced consumer goes first: the broker numbers a channel's deliveries in the
+    /// order it sends them and lapin hands them to their consumers in that order, so while
+    /// a delivery of the new consumer is there, every older one of the replaced consumer is
+    /// there too. Taking them oldest first keeps [`Acks`] sound: a `multiple` ack covers
+    /// every lower tag of the channel, so it must never pass a delivery not taken yet.
     async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
         let Self {
             consumer, draining, ..
@@ -185,8 +194,9 @@ impl Subscription {
             }
         };
         let next = tokio::select! {
-            next = consumer.next() => Some(next.context("the broker cancelled the consumer")??),
+            biased;
             next = old => next.transpose()?,
+            next = consumer.next() => Some(next.context("the broker cancelled the consumer")??),
         };
         if next.is_none() {
             self.draining = None;
