@@ -44,7 +44,7 @@ pub struct Config {
     pub retry_delays: Delays,
 
     /// Payloads per `process` message.
-    #[arg(long, env = "FETCHER_BATCH_SIZE", default_value_t = 100)]
+    #[arg(long, env = "FETCHER_BATCH_SIZE", default_value_t = 200)]
     pub batch_size: usize,
 
     /// Bytes of payload per `process` message before it is sent.
