@@ -124,15 +124,15 @@ impl Config {
         }
     }
 
-    /// Broker prefetch at the start: enough messages to keep every download slot busy.
+    /// The most messages of prefetch: enough to keep every download slot busy with one
+    /// task per message.
     pub fn prefetch(&self) -> u16 {
         self.worker
             .prefetch
             .unwrap_or_else(|| self.concurrency.clamp(8, 2000) as u16)
     }
 
-    /// The prefetch from there on: sized in tasks, unless `--prefetch` fixes it
-    /// ([`crate::prefetch`]).
+    /// The prefetch, sized in tasks unless `--prefetch` fixes it ([`crate::prefetch`]).
     pub fn prefetch_sizer(&self) -> PrefetchSizer {
         let budget = self.concurrency.max(1).saturating_mul(TASKS_PER_SLOT);
         PrefetchSizer::new(self.prefetch(), budget, self.worker.prefetch.is_none())

@@ -9,8 +9,10 @@
 //! quarter, the session subscribes again with the new count (RabbitMQ fixes a consumer's
 //! prefetch when it subscribes) and drains the old consumer's deliveries.
 //!
-//! The count never goes above the starting one (`concurrency` messages), so one-task
-//! messages keep every slot busy as before, and a `--prefetch` given by hand is kept as is.
+//! It starts at [`SAMPLE`] messages, so a fetcher joining a backlog of large messages
+//! takes a few of them, not `concurrency` of them, before it knows their size; it never
+//! goes above `concurrency` messages (one-task messages keep every slot busy, as before)
+//! nor below [`MIN_PREFETCH`]. A `--prefetch` given by hand is kept as is.
 
 /// Unacked tasks a fetcher aims to hold per download slot: with the producer's messages
 /// (`--batch-size`) it keeps the 20 tasks a slot held when the prefetch was `concurrency`
@@ -20,8 +22,8 @@ pub const TASKS_PER_SLOT: usize = 20;
 /// The fewest messages the prefetch goes down to.
 pub const MIN_PREFETCH: u16 = 8;
 
-/// Deliveries averaged before each decision.
-const SAMPLE: u64 = 16;
+/// Deliveries averaged before each decision, and the prefetch to start with.
+pub const SAMPLE: u16 = 16;
 
 /// Decides the consumer's prefetch from the sizes of the deliveries it sees.
 #[derive(Debug, Clone)]
@@ -35,12 +37,18 @@ pub struct PrefetchSizer {
 }
 
 impl PrefetchSizer {
-    /// A sizer starting at `initial` messages that aims at `task_budget` unacked tasks;
-    /// with `adaptive` false it always keeps `initial` (a prefetch set by hand).
-    pub fn new(initial: u16, task_budget: usize, adaptive: bool) -> Self {
+    /// A sizer that aims at `task_budget` unacked tasks with at most `ceiling` messages,
+    /// starting at [`SAMPLE`] messages (or `ceiling`, when lower); with `adaptive` false it
+    /// always keeps `ceiling` (a prefetch set by hand).
+    pub fn new(ceiling: u16, task_budget: usize, adaptive: bool) -> Self {
+        let ceiling = ceiling.max(1);
         Self {
-            current: initial.max(1),
-            ceiling: initial.max(1),
+            current: if adaptive {
+                ceiling.min(SAMPLE)
+            } else {
+                ceiling
+            },
+            ceiling,
             task_budget: task_budget.max(1),
             adaptive,
             messages: 0,
@@ -61,7 +69,7 @@ impl PrefetchSizer {
         }
         self.messages += 1;
         self.tasks += tasks.max(1) as u64;
-        if self.messages < SAMPLE {
+        if self.messages < u64::from(SAMPLE) {
             return None;
         }
         let per_message = self.tasks.div_ceil(self.messages) as usize;
@@ -92,20 +100,23 @@ mod tests {
             .collect()
     }
 
+    fn sizer() -> PrefetchSizer {
+        PrefetchSizer::new(128, 128 * TASKS_PER_SLOT, true)
+    }
+
     #[test]
-    fn messages_of_the_producers_default_size_keep_the_starting_prefetch() {
-        let mut s = PrefetchSizer::new(128, 128 * TASKS_PER_SLOT, true);
-        assert!(feed(&mut s, 20, 200).is_empty());
-        assert!(
-            feed(&mut s, 1, 200).is_empty(),
-            "one-task messages never go above it"
-        );
+    fn small_messages_open_the_prefetch_up_to_the_ceiling() {
+        let mut s = sizer();
+        assert_eq!(s.current(), SAMPLE, "it starts small");
+        assert_eq!(feed(&mut s, 20, 16), vec![128]);
+        assert!(feed(&mut s, 20, 160).is_empty());
+        assert!(feed(&mut s, 1, 160).is_empty(), "never above the ceiling");
         assert_eq!(s.current(), 128);
     }
 
     #[test]
     fn large_messages_bring_the_prefetch_down_to_the_task_budget() {
-        let mut s = PrefetchSizer::new(128, 128 * TASKS_PER_SLOT, true);
+        let mut s = sizer();
         assert_eq!(feed(&mut s, 50, 16), vec![52]);
         assert!(
             feed(&mut s, 50, 96).is_empty(),
@@ -121,25 +132,34 @@ mod tests {
 
     #[test]
     fn small_moves_do_not_subscribe_again() {
-        let mut s = PrefetchSizer::new(128, 128 * TASKS_PER_SLOT, true);
+        let mut s = sizer();
         assert_eq!(feed(&mut s, 50, 16), vec![52]);
         assert!(
             feed(&mut s, 45, 64).is_empty(),
             "57 is within a quarter of 52"
         );
+        let mut s = sizer();
+        assert!(
+            feed(&mut s, 160, 64).is_empty(),
+            "16 messages of 160 tasks are the budget"
+        );
+        assert_eq!(s.current(), SAMPLE);
     }
 
     #[test]
     fn a_prefetch_set_by_hand_is_kept() {
         let mut s = PrefetchSizer::new(300, 128 * TASKS_PER_SLOT, false);
+        assert_eq!(s.current(), 300);
         assert!(feed(&mut s, 500, 100).is_empty());
         assert_eq!(s.current(), 300);
     }
 
     #[test]
-    fn a_small_starting_prefetch_is_a_ceiling_and_a_floor() {
+    fn a_small_ceiling_is_also_the_floor() {
         let mut s = PrefetchSizer::new(4, 4 * TASKS_PER_SLOT, true);
+        assert_eq!(s.current(), 4);
         assert!(feed(&mut s, 1000, 64).is_empty());
+        assert!(feed(&mut s, 1, 64).is_empty());
         assert_eq!(s.current(), 4);
     }
 }

@@ -121,7 +121,7 @@ impl std::str::FromStr for ApiToken {
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
     /// Tasks per broker message.
-    #[arg(long, env = "PRODUCER_BATCH_SIZE", default_value_t = 50)]
+    #[arg(long, env = "PRODUCER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,
 
     /// Broker messages awaiting their publisher confirm at once.

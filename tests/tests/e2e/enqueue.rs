@@ -169,9 +169,9 @@ async fn a_killed_enqueue_is_finished_exactly_by_running_it_again() {
     let job_arg = job.to_string();
     let args = ["enqueue", "--file", &path, "--job-id", &job_arg];
     let producer = Worker::start("producer", &app.namespace, &args).unwrap();
-    // About half on the broker: 50 tasks per message (the default --batch-size).
+    // About half on the broker: 100 tasks per message (the default --batch-size).
     let queue = app.names.queue(Stage::Fetch);
-    while app.queue_depth(&queue).await.unwrap_or(0) < (N / 2 / 50) as u32 {
+    while app.queue_depth(&queue).await.unwrap_or(0) < (N / 2 / 100) as u32 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(producer); // SIGKILL

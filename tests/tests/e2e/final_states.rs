@@ -247,7 +247,7 @@ const OUTAGE_URLS: u64 = 20_000;
 /// Broker prefetch of each worker in the outage test.
 const OUTAGE_PREFETCH: u64 = 16;
 /// Tasks per `fetch` message (the producer's default `--batch-size`).
-const TASKS_PER_MESSAGE: u64 = 50;
+const TASKS_PER_MESSAGE: u64 = 100;
 
 /// A counter of a worker's /metrics (0 when it has no such line yet).
 async fn scrape(port: u16, line_start: &str) -> u64 {

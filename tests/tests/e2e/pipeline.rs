@@ -277,7 +277,7 @@ async fn invalid_input_enqueues_nothing_unless_skipped() {
     let status = app.store.status(job).await.unwrap().unwrap();
     assert_eq!(status.total, 2);
     assert!(!status.done);
-    // Both tasks travel in one NDJSON message (the default batch is 50 tasks).
+    // Both tasks travel in one NDJSON message (the default batch is 100 tasks).
     assert_eq!(
         app.queue_depth(&app.names.queue(Stage::Fetch))
             .await
