@@ -124,8 +124,9 @@ pub struct PublishArgs {
     #[arg(long, env = "PRODUCER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,
 
-    /// Broker messages awaiting their publisher confirm at once.
-    #[arg(long, env = "PRODUCER_CONFIRM_WINDOW", default_value_t = 256)]
+    /// Broker messages awaiting their publisher confirm at once. An interrupted enqueue
+    /// publishes them again when it is resumed (their tasks are not counted twice).
+    #[arg(long, env = "PRODUCER_CONFIRM_WINDOW", default_value_t = 64)]
     pub confirm_window: usize,
 }
 

@@ -196,8 +196,10 @@ async fn a_killed_enqueue_is_finished_exactly_by_running_it_again() {
         &app.results_json(job).await.unwrap(),
         &expected_aggregate(0..N),
     );
+    // The resumed run publishes again what the killed one had not seen confirmed: about
+    // the confirm window (64 messages of 100 tasks) and the registrations ahead.
     let twice = fetched_twice(&app);
-    assert!(twice <= (N / 10) as usize, "{twice} URLs fetched twice");
+    assert!(twice <= (N / 20) as usize, "{twice} URLs fetched twice");
     app.shutdown().await.unwrap();
 }
 
