@@ -129,8 +129,13 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         }
         if let Some(delivery) = delivered {
             let tasks = pipeline.take(delivery).await?;
-            let prefetch = sizer.observe(tasks);
-            if let Some(prefetch) = prefetch.filter(|_| subscription.draining.is_none()) {
+            // While the replaced consumer drains, nothing is sized: the sizer's prefetch
+            // must stay the one the consumer has.
+            let resize = subscription
+                .draining
+                .is_none()
+                .then(|| sizer.observe(tasks));
+            if let Some(prefetch) = resize.flatten() {
                 subscription.resubscribe(prefetch).await?;
                 pipeline.acks.set_max_held(max_held(prefetch));
             }
