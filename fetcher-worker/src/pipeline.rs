@@ -80,7 +80,6 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         consumer,
         tag,
         draining: None,
-        cancelled: false,
     };
     let limits = host_limits(&ctx, session);
     let _pause_watch = limits.as_ref().and_then(HostLimits::watch_pauses);
@@ -109,9 +108,12 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         }
         let linger = pipeline.batch.deadline;
         metrics().set_in_flight(Stage::Fetch, pipeline.fetches.len());
-        let mut delivered = None;
+        let (mut delivered, mut stopping) = (None, false);
         tokio::select! {
-            _ = session.shutdown.cancelled(), if !drain.draining() => drain.begin(),
+            _ = session.shutdown.cancelled(), if !drain.draining() => {
+                drain.begin();
+                stopping = true;
+            }
             _ = drain.expired() => {
                 tracing::warn!(unacked = pipeline.acks.len(), "shutdown timeout: leaving unfinished deliveries for redelivery");
                 return Ok(());
@@ -124,7 +126,7 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
             _ = sleep_until(linger), if linger.is_some() => pipeline.flush(),
             Some(settled) = pipeline.disposals.next() => pipeline.settle(settled?).await?,
         }
-        if drain.draining() && !subscription.cancelled {
+        if stopping {
             subscription.cancel().await;
         }
         if let Some(delivery) = delivered {
@@ -158,8 +160,6 @@ struct Subscription {
     consumer: lapin::Consumer,
     tag: String,
     draining: Option<lapin::Consumer>,
-    /// Shutdown cancelled the consumer.
-    cancelled: bool,
 }
 
 impl Subscription {
@@ -210,8 +210,7 @@ impl Subscription {
     }
 
     /// Stops the deliveries (shutdown); what was delivered is still acked.
-    async fn cancel(&mut self) {
-        self.cancelled = true;
+    async fn cancel(&self) {
         let tag = self.tag.as_str().into();
         let _ = self
             .channel
