@@ -21,6 +21,21 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// A counter or gauge of a worker process's `/metrics` on `port`: the sum of the lines
+/// that start with `line_start` (0 when there is no such line yet).
+pub async fn scrape(port: u16, line_start: &str) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Where a started binary's output goes.
 #[derive(Debug, Clone)]
 pub enum Output {

@@ -16,7 +16,7 @@ use tributary::store::Mark;
 use tributary_tests::app::{App, AppOptions, cleanup_with, fresh_namespace, wait_for_status};
 use tributary_tests::clusters::{self, Clusters};
 use tributary_tests::origin::{Origin, OriginOptions};
-use tributary_tests::procs::Worker;
+use tributary_tests::procs::{Worker, scrape};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use tributary_tests::redis_node::{RedisNode, free_port};
 use uuid::Uuid;
@@ -248,20 +248,6 @@ const OUTAGE_URLS: u64 = 20_000;
 const OUTAGE_PREFETCH: u64 = 16;
 /// Tasks per `fetch` message (the producer's default `--batch-size`).
 const TASKS_PER_MESSAGE: u64 = 100;
-
-/// A counter of a worker's /metrics (0 when it has no such line yet).
-async fn scrape(port: u16, line_start: &str) -> u64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(line_start))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
 
 /// Starts a worker of each stage as a process in `namespace` with `common` flags and a
 /// /metrics port each; returns them with their ports.

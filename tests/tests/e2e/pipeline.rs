@@ -7,7 +7,7 @@ use tributary::broker::amqp::{self, HeadersExt, header};
 use tributary::message::{CONTENT_TYPE_RESULTS, ResultBatch, TaskResult};
 use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
-use tributary_tests::procs::Worker;
+use tributary_tests::procs::{Worker, scrape};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use tributary_tests::redis_node::free_port;
 use uuid::Uuid;
@@ -393,24 +393,10 @@ async fn the_fetch_prefetch_follows_the_tasks_per_message() {
         &app.results_json(job).await.unwrap(),
         &expected_aggregate(ids),
     );
-    let text = reqwest::get(format!("http://{listen}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metric = |name: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.starts_with(name))?;
-        line.rsplit(' ').next()?.parse().ok()
-    };
+    assert_eq!(scrape(port, "tributary_prefetch{stage=\"fetch\"}").await, 8);
     assert_eq!(
-        metric("tributary_prefetch{stage=\"fetch\"}"),
-        Some(8.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric("tributary_tasks_consumed_total{stage=\"fetch\"}"),
-        Some(N as f64),
+        scrape(port, "tributary_tasks_consumed_total{stage=\"fetch\"}").await,
+        N,
         "a task was delivered twice"
     );
     let exit = fetcher.terminate(Duration::from_secs(30)).unwrap();
