@@ -82,7 +82,10 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         draining: None,
     };
     let limits = host_limits(&ctx, session);
-    let _pause_watch = limits.as_ref().and_then(HostLimits::watch_pauses);
+    let _pause_watch = match &limits {
+        Some(limits) => limits.watch_pauses().await?,
+        None => None,
+    };
     let mut pipeline = Pipeline {
         fetcher: Arc::new(fetcher(&ctx, session, limits)),
         sink: Sink {

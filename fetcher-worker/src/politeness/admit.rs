@@ -197,23 +197,28 @@ impl HostLimits {
         })
     }
 
-    /// With `--host-pause`, keeps [`HostLimits::paused`] current (every
-    /// [`PAUSE_REFRESH`]) until the returned handle is dropped. A failed read keeps the
-    /// last view (the session notices a Redis outage on its own calls).
-    pub fn watch_pauses(&self) -> Option<AbortOnDropHandle<()>> {
-        self.max_pause?;
+    /// With `--host-pause`, reads the paused hosts once, so a fetcher that starts (or
+    /// starts again) during a pause does not admit that host's tasks before it has read
+    /// it, then keeps [`HostLimits::paused`] current (every [`PAUSE_REFRESH`]) until the
+    /// returned handle is dropped. A failed later read keeps the last view (the session
+    /// notices a Redis outage on its own calls).
+    pub async fn watch_pauses(&self) -> Result<Option<AbortOnDropHandle<()>>, StoreError> {
+        if self.max_pause.is_none() {
+            return Ok(None);
+        }
         let (limiter, paused) = (self.limiter.clone(), self.paused.clone());
-        Some(AbortOnDropHandle::new(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PAUSE_REFRESH);
+        read_pauses(&limiter, &paused).await?;
+        Ok(Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let start = Instant::now() + PAUSE_REFRESH;
+            let mut tick = tokio::time::interval_at(start, PAUSE_REFRESH);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match limiter.paused_hosts().await {
-                    Ok(hosts) => paused.replace(hosts),
-                    Err(e) => tracing::debug!(error = %e, "reading the paused hosts failed"),
+                if let Err(e) = read_pauses(&limiter, &paused).await {
+                    tracing::debug!(error = %e, "reading the paused hosts failed");
                 }
             }
-        })))
+        }))))
     }
 
     /// How long a task told to come back in `wait` spends in the broker: with a turn, it
@@ -252,4 +257,12 @@ impl HostLimits {
         }
         Ok(())
     }
+}
+
+/// Reads the hosts paused fleet-wide into `paused` (and the gauge).
+async fn read_pauses(limiter: &HostLimiter, paused: &PausedHosts) -> Result<(), StoreError> {
+    let hosts = limiter.paused_hosts().await?;
+    metrics().set_hosts_paused(hosts.len());
+    paused.replace(hosts);
+    Ok(())
 }

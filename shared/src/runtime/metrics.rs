@@ -82,6 +82,7 @@ pub struct Metrics {
     host_throttled: Family<HostLabel, Counter>,
     host_deferred: Family<HostLabel, Counter>,
     host_rate: Family<HostLabel, Gauge<f64, AtomicU64>>,
+    hosts_paused: Gauge,
     broker_blocked: Gauge,
     sessions: Counter,
     delivery_held: Histogram,
@@ -106,6 +107,7 @@ impl Metrics {
             host_throttled: Family::default(),
             host_deferred: Family::default(),
             host_rate: Family::default(),
+            hosts_paused: Gauge::default(),
             broker_blocked: Gauge::default(),
             sessions: Counter::default(),
             delivery_held: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
@@ -130,6 +132,7 @@ impl Metrics {
             "host_throttled", "429 responses per host bucket" => m.host_throttled;
             "host_deferred", "Tasks put aside in a delay queue by a host bucket's rate limit or pause (not attempts)" => m.host_deferred;
             "host_rate", "Configured requests per second of a host bucket" => m.host_rate;
+            "hosts_paused", "Hosts this fetcher holds off because an origin asked to wait (Retry-After), as last read from Redis" => m.hosts_paused;
             "broker_blocked", "Broker connections of this process the broker has blocked (memory or disk alarm)" => m.broker_blocked;
             "sessions", "Worker sessions started (after connecting to the broker, or after Redis answered again)" => m.sessions;
             "delivery_held_seconds", "Time a fetcher holds a task message, from its delivery to its ack" => m.delivery_held;
@@ -226,6 +229,11 @@ impl Metrics {
         self.host_rate
             .get_or_create(&HostLabel::of(bucket))
             .set(per_second);
+    }
+
+    /// The hosts paused fleet-wide, as this fetcher last read them.
+    pub fn set_hosts_paused(&self, n: usize) {
+        self.hosts_paused.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A broker connection was blocked (a resource alarm) or unblocked.
