@@ -2,23 +2,25 @@
 //! share one rate for a host through Redis, while another host name of the same origin
 //! runs at full speed, and nothing is lost or counted twice while tasks wait in the delay
 //! queues; a 429 with `Retry-After` holds every fetcher off that host until it elapses (on
-//! by default); `--host-concurrency` caps a host's downloads in flight across two fetchers;
+//! by default), a fetcher started during the pause too; `--host-concurrency` caps a host's downloads in flight across two fetchers;
 //! AIMD lowers a rate after 429s, and the per-host metrics are labelled by pattern.
 //!
 //! The fetchers are the built binaries (the metrics tests' are in-process, so their
-//! metrics can be read), and the tests count request arrivals per second or in flight, so
-//! they are `#[ignore]`d in the parallel run; `scripts/test.sh` builds the binaries and
+//! metrics can be read), and the tests that count request arrivals per second or in
+//! flight are `#[ignore]`d in the parallel run; `scripts/test.sh` builds the binaries and
 //! runs them in its serial step.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fetcher_worker::politeness::limiter::HostLimiter;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
-use tributary_tests::procs::{Worker, bin_dir, stop_all};
+use tributary_tests::procs::{Worker, bin_dir, scrape, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
+use tributary_tests::redis_node::free_port;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -92,21 +94,32 @@ async fn start(label: &str, flags: &str) -> (App, Vec<Worker>) {
 
 /// [`start`] with `n` fetcher processes.
 async fn start_n(label: &str, n: usize, flags: &str) -> (App, Vec<Worker>) {
-    let args: Vec<&str> = ["--allow-private"]
-        .into_iter()
-        .chain(flags.split_whitespace())
-        .collect();
+    let (app, fetchers, _) = start_watched(label, n, flags).await;
+    (app, fetchers)
+}
+
+/// [`start_n`], each fetcher serving `/metrics` on the port returned beside it.
+async fn start_watched(label: &str, n: usize, flags: &str) -> (App, Vec<Worker>, Vec<u16>) {
     assert_fetcher_knows_host_rates();
     let options = AppOptions {
         fetchers: 0,
         ..AppOptions::default()
     };
     let app = App::spawn(label, options).await.unwrap();
-    let fetchers: Vec<Worker> = (0..n)
-        .map(|_| Worker::start("fetcher-worker", &app.namespace, &args).unwrap())
+    let ports: Vec<u16> = (0..n).map(|_| free_port().unwrap()).collect();
+    let fetchers: Vec<Worker> = ports
+        .iter()
+        .map(|port| {
+            let listen = format!("127.0.0.1:{port}");
+            let args: Vec<&str> = ["--allow-private", "--metrics-listen", &listen]
+                .into_iter()
+                .chain(flags.split_whitespace())
+                .collect();
+            Worker::start("fetcher-worker", &app.namespace, &args).unwrap()
+        })
         .collect();
     wait_for_consumers(&app, n as u32).await;
-    (app, fetchers)
+    (app, fetchers, ports)
 }
 
 /// Stops the fetcher processes (each must exit cleanly) and the app.
@@ -215,9 +228,10 @@ fn dump_gaps(times: &[Instant], from: Option<Instant>) {
     );
 }
 
-/// Waits until some fetcher has paused `host`, and until every fetcher has read the
-/// paused hosts since (a host without a rate is checked against that local view).
-async fn wait_for_pause(app: &App, host: &str) {
+/// Waits until some fetcher has paused a host, and until every fetcher (serving
+/// `/metrics` on `ports`) has read it from Redis since: a host without a rate is checked
+/// against that local view, which a fetcher on a busy machine may read late.
+async fn wait_for_pause(app: &App, host: &str, ports: &[u16]) {
     let mut conn = app.store.connection();
     let key = app.names.host_pause_key(host);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -227,11 +241,18 @@ async fn wait_for_pause(app: &App, host: &str) {
             .query_async(&mut conn)
             .await
             .unwrap();
-        if exists {
-            tokio::time::sleep(2 * fetcher_worker::politeness::admit::PAUSE_REFRESH).await;
+        let mut seen = 0;
+        for port in ports {
+            seen += usize::from(scrape(*port, "tributary_hosts_paused").await >= 1);
+        }
+        if exists && seen == ports.len() {
             return;
         }
-        assert!(Instant::now() < deadline, "{host} was never paused");
+        assert!(
+            Instant::now() < deadline,
+            "{host} paused: {exists}; fetchers that saw it: {seen} of {}",
+            ports.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -239,7 +260,8 @@ async fn wait_for_pause(app: &App, host: &str) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "timing-sensitive (request arrivals per second); run in the serial step"]
 async fn retry_after_pauses_the_host_for_every_fetcher() {
-    let (app, fetchers) = start("hostpause", "--retry-delays 100ms,500ms,3s").await;
+    let (app, fetchers, ports) =
+        start_watched("hostpause", 2, "--retry-delays 100ms,500ms,3s").await;
     let port = app.origin.addr().port();
     let limited = format!("127.0.0.1:{port}");
     // One task meets a 429 with `Retry-After: 2`...
@@ -247,7 +269,7 @@ async fn retry_after_pauses_the_host_for_every_fetcher() {
         .enqueue_lines(&[format!("http://{limited}/retry-after/2/0")], &[])
         .await
         .unwrap();
-    wait_for_pause(&app, "127.0.0.1").await;
+    wait_for_pause(&app, "127.0.0.1", &ports).await;
     // ... then more work for that host and for another name of the same origin.
     let lines: Vec<String> = (1..=20)
         .flat_map(|i| {
@@ -280,8 +302,15 @@ async fn retry_after_pauses_the_host_for_every_fetcher() {
         .map(|r| r.at)
         .collect();
     assert_eq!(limited_times.len(), 21, "20 quotes and the retried 429");
-    let early = limited_times.iter().filter(|at| **at < pause_ends).count();
-    assert_eq!(early, 0, "requests reached the paused host early");
+    let early: Vec<String> = log
+        .iter()
+        .filter(|r| r.host == limited && r.at > t429 && r.at < pause_ends)
+        .map(|r| format!("{} at +{} ms", r.path, (r.at - t429).as_millis()))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "requests reached the paused host before the 429's Retry-After ended: {early:?}"
+    );
     // The other host name was never paused.
     let free_last = log
         .iter()
@@ -294,6 +323,46 @@ async fn retry_after_pauses_the_host_for_every_fetcher() {
         "the other host waited for the pause"
     );
     stop(app, fetchers).await;
+}
+
+/// A fetcher that starts while a host is paused (its tasks already queued) reads the pause
+/// before it admits any of them: none reaches the host before the pause ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetcher_started_during_a_pause_waits_it_out() {
+    const PAUSE: Duration = Duration::from_secs(2);
+    let (app, _, _) = start_watched("hostpause-start", 0, "").await;
+    let port = app.origin.addr().port();
+    // The pause's end on Redis's clock is no earlier than this.
+    let pause_ends = Instant::now() + PAUSE;
+    HostLimiter::new(&app.store)
+        .pause("127.0.0.1", PAUSE)
+        .await
+        .unwrap();
+    let lines: Vec<String> = (1..=20)
+        .map(|i| format!("http://127.0.0.1:{port}/quotes/{i}.json"))
+        .collect();
+    let job = app.enqueue_lines(&lines, &[]).await.unwrap();
+    let fetcher = Worker::start(
+        "fetcher-worker",
+        &app.namespace,
+        &["--allow-private", "--retry-delays", "100ms,500ms,3s"],
+    )
+    .unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (20, 0), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(1..=20),
+    );
+    let early: Vec<String> = app
+        .origin
+        .requests()
+        .iter()
+        .filter(|r| r.at < pause_ends)
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(early.is_empty(), "fetched during the pause: {early:?}");
+    stop(app, vec![fetcher]).await;
 }
 
 #[test]
