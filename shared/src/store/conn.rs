@@ -224,6 +224,58 @@ impl RedisConn {
         Ok(value)
     }
 
+    /// The keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks a node while it
+    /// walks every key): on a cluster, on each serving master in turn. Stops once at least
+    /// `enough` keys are found, so the result may hold more than that, never fewer.
+    pub async fn scan_keys(
+        &mut self,
+        pattern: &str,
+        enough: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let nodes = match self {
+            RedisConn::Single(_) => vec![None],
+            RedisConn::Cluster(c) => serving_masters(c).await?.into_iter().map(Some).collect(),
+        };
+        let mut keys = Vec::new();
+        for node in nodes {
+            self.scan_node(node, pattern, enough, &mut keys).await?;
+        }
+        Ok(keys)
+    }
+
+    /// `SCAN`s one node (a cluster's `node`) for `pattern` into `keys`, until its cursor
+    /// comes back to 0 or `keys` holds `enough`.
+    async fn scan_node(
+        &mut self,
+        node: Option<RoutingInfo>,
+        pattern: &str,
+        enough: usize,
+        keys: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let mut cursor = 0u64;
+        while keys.len() < enough {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, batch): (u64, Vec<String>) =
+                if let (RedisConn::Cluster(c), Some(node)) = (&mut *self, &node) {
+                    let value = c.route_command(scan, node.clone()).await?;
+                    redis::from_redis_value(value).map_err(redis::RedisError::from)?
+                } else {
+                    scan.query_async(self).await?
+                };
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(())
+    }
+
     /// Whether Redis serves now: a node answers `PING`, a cluster says `cluster_state:ok`
     /// from one of its masters; and with `replicas` > 0, whether every master has that many
     /// replicas attached (else writes could not be acknowledged by them: better not to
@@ -274,6 +326,21 @@ impl RedisConn {
             }
         }
     }
+}
+
+/// The route to each master of the cluster that serves slots.
+async fn serving_masters(c: &mut ClusterConnection) -> Result<Vec<RoutingInfo>, StoreError> {
+    let nodes = cluster_text(c, "NODES").await?;
+    Ok(replicas_per_master(&nodes)
+        .into_iter()
+        .filter_map(|(address, _)| {
+            let (host, port) = address.rsplit_once(':')?;
+            Some(RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.to_string(),
+                port: port.parse().ok()?,
+            }))
+        })
+        .collect())
 }
 
 /// `CLUSTER <subcommand>` as text, from one of the masters.

@@ -3,9 +3,9 @@
 //! and for each its configured rate (as the fetchers advertise it, [`advertise`]), pause,
 //! AIMD rate factor, leases in flight, next slot, turn horizon and the tasks deferred.
 //!
-//! Hosts are found by their keys (`ns:host:{<host>}:*`): `SCAN` on one node; on a Redis
-//! Cluster `KEYS`, which the client sends to every master (the dashboard asks for at most
-//! [`MAX_HOSTS`] hosts, on a page view, not per request of the pipeline).
+//! Hosts are found by their keys (`ns:host:{<host>}:*`) with `SCAN`, on a Redis Cluster on
+//! every master in turn ([`RedisConn::scan_keys`]), never `KEYS`; the dashboard asks for
+//! at most [`MAX_HOSTS`] hosts, on a page view, not per request of the pipeline.
 
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
@@ -86,16 +86,10 @@ pub async fn states(store: &Store, hosts: &[String]) -> Result<Vec<HostState>, S
 pub async fn known(store: &Store) -> Result<Vec<String>, StoreError> {
     let prefix = format!("{}:host:{{", store.names().namespace());
     let pattern = format!("{prefix}*");
-    let mut conn = store.connection();
-    let keys: Vec<String> = match &conn {
-        RedisConn::Single(_) => scan(&mut conn, &pattern).await?,
-        RedisConn::Cluster(_) => {
-            redis::cmd("KEYS")
-                .arg(&pattern)
-                .query_async(&mut conn)
-                .await?
-        }
-    };
+    let keys = store
+        .connection()
+        .scan_keys(&pattern, MAX_HOSTS * 6)
+        .await?;
     let hosts: BTreeSet<String> = keys
         .iter()
         .filter_map(|k| {
@@ -105,26 +99,6 @@ pub async fn known(store: &Store) -> Result<Vec<String>, StoreError> {
         })
         .collect();
     Ok(hosts.into_iter().take(MAX_HOSTS).collect())
-}
-
-async fn scan(conn: &mut RedisConn, pattern: &str) -> Result<Vec<String>, StoreError> {
-    let mut cursor = 0u64;
-    let mut keys = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 || keys.len() >= MAX_HOSTS * 6 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
 }
 
 /// One host's state; `interval_us` is its advertised rate's interval.
