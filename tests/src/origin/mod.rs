@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -64,6 +64,9 @@ pub struct OriginOptions {
 pub struct RequestLog {
     /// When the request arrived (before [`OriginOptions::latency`]).
     pub at: Instant,
+    /// The same moment on the system clock, the clock Redis and RabbitMQ time pauses and
+    /// message TTLs by (it may be stepped, where `at` is monotonic).
+    pub wall: SystemTime,
     /// The `Host` header (or the URI authority if there is none; empty if
     /// neither).
     pub host: String,
@@ -287,7 +290,7 @@ fn router(shared: Arc<Shared>) -> Router {
 
 /// Applies the latency and records the request.
 async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let at = Instant::now();
+    let (at, wall) = (Instant::now(), SystemTime::now());
     let host = req
         .headers()
         .get(header::HOST)
@@ -312,6 +315,7 @@ async fn record(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
     let status = response.status().as_u16();
     lock(&shared.log).push(RequestLog {
         at,
+        wall,
         host,
         path,
         status,

@@ -11,13 +11,14 @@
 //! runs them in its serial step.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fetcher_worker::politeness::limiter::HostLimiter;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
+use tributary_tests::origin::RequestLog;
 use tributary_tests::procs::{Worker, bin_dir, scrape, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
 use tributary_tests::redis_node::free_port;
@@ -257,6 +258,29 @@ async fn wait_for_pause(app: &App, host: &str, ports: &[u16]) {
     }
 }
 
+/// When `host`'s pause ends, on Redis's clock: the system clock, which the origin's
+/// [`RequestLog::wall`] reads too, so a step of that clock moves both alike.
+async fn pause_end(app: &App, host: &str) -> SystemTime {
+    let mut conn = app.store.connection();
+    let micros: u64 = redis::cmd("GET")
+        .arg(app.names.host_pause_key(host))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    UNIX_EPOCH + Duration::from_micros(micros)
+}
+
+/// The requests of `log` to `authority` that arrived before `end`, each with how early.
+fn before(log: &[RequestLog], authority: &str, end: SystemTime) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.host == authority)
+        .filter_map(|r| {
+            let early = end.duration_since(r.wall).ok()?;
+            Some(format!("{} {} ms early", r.path, early.as_millis()))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "timing-sensitive (request arrivals per second); run in the serial step"]
 async fn retry_after_pauses_the_host_for_every_fetcher() {
@@ -270,6 +294,7 @@ async fn retry_after_pauses_the_host_for_every_fetcher() {
         .await
         .unwrap();
     wait_for_pause(&app, "127.0.0.1", &ports).await;
+    let paused_until = pause_end(&app, "127.0.0.1").await;
     // ... then more work for that host and for another name of the same origin.
     let lines: Vec<String> = (1..=20)
         .flat_map(|i| {
@@ -302,14 +327,11 @@ async fn retry_after_pauses_the_host_for_every_fetcher() {
         .map(|r| r.at)
         .collect();
     assert_eq!(limited_times.len(), 21, "20 quotes and the retried 429");
-    let early: Vec<String> = log
-        .iter()
-        .filter(|r| r.host == limited && r.at > t429 && r.at < pause_ends)
-        .map(|r| format!("{} at +{} ms", r.path, (r.at - t429).as_millis()))
-        .collect();
+    let after_429: Vec<RequestLog> = log.iter().filter(|r| r.at > t429).cloned().collect();
+    let early = before(&after_429, &limited, paused_until);
     assert!(
         early.is_empty(),
-        "requests reached the paused host before the 429's Retry-After ended: {early:?}"
+        "requests reached the paused host before its pause ended: {early:?}"
     );
     // The other host name was never paused.
     let free_last = log
@@ -332,12 +354,11 @@ async fn a_fetcher_started_during_a_pause_waits_it_out() {
     const PAUSE: Duration = Duration::from_secs(2);
     let (app, _, _) = start_watched("hostpause-start", 0, "").await;
     let port = app.origin.addr().port();
-    // The pause's end on Redis's clock is no earlier than this.
-    let pause_ends = Instant::now() + PAUSE;
     HostLimiter::new(&app.store)
         .pause("127.0.0.1", PAUSE)
         .await
         .unwrap();
+    let paused_until = pause_end(&app, "127.0.0.1").await;
     let lines: Vec<String> = (1..=20)
         .map(|i| format!("http://127.0.0.1:{port}/quotes/{i}.json"))
         .collect();
@@ -354,13 +375,12 @@ async fn a_fetcher_started_during_a_pause_waits_it_out() {
         &app.results_json(job).await.unwrap(),
         &expected_aggregate(1..=20),
     );
-    let early: Vec<String> = app
-        .origin
-        .requests()
-        .iter()
-        .filter(|r| r.at < pause_ends)
-        .map(|r| r.path.clone())
-        .collect();
+    let early = before(
+        &app.origin.requests(),
+        &format!("127.0.0.1:{port}"),
+        paused_until,
+    );
+    assert_eq!(app.origin.requests().len(), 20);
     assert!(early.is_empty(), "fetched during the pause: {early:?}");
     stop(app, vec![fetcher]).await;
 }
