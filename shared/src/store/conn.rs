@@ -225,8 +225,8 @@ impl RedisConn {
     }
 
     /// The keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks a node while it
-    /// walks every key): on a cluster, on each serving master in turn. Stops once at least
-    /// `enough` keys are found, so the result may hold more than that, never fewer.
+    /// walks every key): on a cluster, on each serving master in turn. Stops scanning once
+    /// it holds `enough` keys (the last batch may take it past that).
     pub async fn scan_keys(
         &mut self,
         pattern: &str,
