@@ -434,12 +434,11 @@ pub async fn cleanup_with(args: &ConnectionArgs) -> anyhow::Result<()> {
         .await;
     let _ = conn.close(200, "cleaned".into()).await;
 
-    // KEYS reaches every master of a cluster; keys are deleted one by one, since a
-    // namespace's keys live in many slots.
+    // The store's SCAN reaches every master of a cluster; keys are deleted one by one,
+    // since a namespace's keys live in many slots.
     let mut redis = Store::connect(args).await?.connection();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(&mut redis)
+    let keys = redis
+        .scan_keys(&format!("{namespace}:*"), usize::MAX)
         .await?;
     for key in keys {
         let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await?;

@@ -23,4 +23,5 @@ mod metrics;
 mod pipeline;
 mod restarts;
 mod retries;
+mod store;
 mod webdriver;
