@@ -224,58 +224,6 @@ impl RedisConn {
         Ok(value)
     }
 
-    /// The keys matching `pattern`, by `SCAN` (never `KEYS`, which blocks a node while it
-    /// walks every key): on a cluster, on each serving master in turn. Stops scanning once
-    /// it holds `enough` keys (the last batch may take it past that).
-    pub async fn scan_keys(
-        &mut self,
-        pattern: &str,
-        enough: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let nodes = match self {
-            RedisConn::Single(_) => vec![None],
-            RedisConn::Cluster(c) => serving_masters(c).await?.into_iter().map(Some).collect(),
-        };
-        let mut keys = Vec::new();
-        for node in nodes {
-            self.scan_node(node, pattern, enough, &mut keys).await?;
-        }
-        Ok(keys)
-    }
-
-    /// `SCAN`s one node (a cluster's `node`) for `pattern` into `keys`, until its cursor
-    /// comes back to 0 or `keys` holds `enough`.
-    async fn scan_node(
-        &mut self,
-        node: Option<RoutingInfo>,
-        pattern: &str,
-        enough: usize,
-        keys: &mut Vec<String>,
-    ) -> Result<(), StoreError> {
-        let mut cursor = 0u64;
-        while keys.len() < enough {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, batch): (u64, Vec<String>) =
-                if let (RedisConn::Cluster(c), Some(node)) = (&mut *self, &node) {
-                    let value = c.route_command(scan, node.clone()).await?;
-                    redis::from_redis_value(value).map_err(redis::RedisError::from)?
-                } else {
-                    scan.query_async(self).await?
-                };
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        Ok(())
-    }
-
     /// Whether Redis serves now: a node answers `PING`, a cluster says `cluster_state:ok`
     /// from one of its masters; and with `replicas` > 0, whether every master has that many
     /// replicas attached (else writes could not be acknowledged by them: better not to
@@ -328,23 +276,11 @@ impl RedisConn {
     }
 }
 
-/// The route to each master of the cluster that serves slots.
-async fn serving_masters(c: &mut ClusterConnection) -> Result<Vec<RoutingInfo>, StoreError> {
-    let nodes = cluster_text(c, "NODES").await?;
-    Ok(replicas_per_master(&nodes)
-        .into_iter()
-        .filter_map(|(address, _)| {
-            let (host, port) = address.rsplit_once(':')?;
-            Some(RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                host: host.to_string(),
-                port: port.parse().ok()?,
-            }))
-        })
-        .collect())
-}
-
 /// `CLUSTER <subcommand>` as text, from one of the masters.
-async fn cluster_text(c: &mut ClusterConnection, subcommand: &str) -> Result<String, StoreError> {
+pub(super) async fn cluster_text(
+    c: &mut ClusterConnection,
+    subcommand: &str,
+) -> Result<String, StoreError> {
     let value = c
         .route_command(
             redis::cmd("CLUSTER").arg(subcommand).clone(),
@@ -488,15 +424,9 @@ fn info_field(info: &str, field: &str) -> Option<u32> {
 /// From `CLUSTER NODES`: each serving master (`ip:port`) and how many healthy replicas
 /// follow it.
 pub fn replicas_per_master(nodes: &str) -> Vec<(String, u32)> {
-    let rows: Vec<Vec<&str>> = nodes
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .filter(|f: &Vec<&str>| f.len() >= 8)
-        .collect();
-    let failed = |flags: &str| flags.split(',').any(|f| f == "fail" || f == "fail?");
+    let rows = node_rows(nodes);
     rows.iter()
-        .filter(|f| f[2].split(',').any(|flag| flag == "master") && !failed(f[2]))
-        .filter(|f| f.len() > 8) // a master that serves slots
+        .filter(|f| is_serving_master(f))
         .map(|m| {
             let address = m[1].split('@').next().unwrap_or(m[1]).to_string();
             let replicas = rows
@@ -506,6 +436,25 @@ pub fn replicas_per_master(nodes: &str) -> Vec<(String, u32)> {
             (address, replicas as u32)
         })
         .collect()
+}
+
+/// The rows of `CLUSTER NODES`, split into their fields (id, address, flags, master,
+/// ping, pong, epoch, link state, then the slots served).
+pub(super) fn node_rows(nodes: &str) -> Vec<Vec<&str>> {
+    nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() >= 8)
+        .collect()
+}
+
+/// A row of [`node_rows`] that is a master, not failing, serving slots.
+pub(super) fn is_serving_master(fields: &[&str]) -> bool {
+    fields[2].split(',').any(|flag| flag == "master") && !failed(fields[2]) && fields.len() > 8
+}
+
+fn failed(flags: &str) -> bool {
+    flags.split(',').any(|f| f == "fail" || f == "fail?")
 }
 
 #[cfg(test)]

@@ -82,7 +82,8 @@ pub async fn states(store: &Store, hosts: &[String]) -> Result<Vec<HostState>, S
     join_all(reads).await.into_iter().collect()
 }
 
-/// The hosts that have politeness keys now, sorted, at most [`MAX_HOSTS`].
+/// The hosts that have politeness keys now, sorted, at most [`MAX_HOSTS`] (with more,
+/// those the scan finds first: on a cluster, the first masters').
 pub async fn known(store: &Store) -> Result<Vec<String>, StoreError> {
     let prefix = format!("{}:host:{{", store.names().namespace());
     let pattern = format!("{prefix}*");

@@ -13,6 +13,7 @@ pub mod hosts;
 pub mod inputs;
 pub mod jobs;
 pub mod progress;
+mod scan;
 pub mod throughput;
 
 use std::collections::{BTreeMap, HashMap};
