@@ -71,6 +71,12 @@ pub async fn session(ctx: Arc<Context>, session: Session) -> anyhow::Result<()> 
 
 async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
     let config = &ctx.config;
+    // The paused hosts are read before anything is delivered.
+    let limits = host_limits(&ctx, session);
+    let _pause_watch = match &limits {
+        Some(limits) => limits.watch_pauses().await?,
+        None => None,
+    };
     let mut sizer = config.prefetch_sizer();
     let queue = ctx.names.queue(Stage::Fetch);
     let (channel, consumer, tag) = session.consumer(&queue, sizer.current(), "fetcher").await?;
@@ -80,11 +86,6 @@ async fn consume(ctx: Arc<Context>, session: &Session) -> anyhow::Result<()> {
         consumer,
         tag,
         draining: None,
-    };
-    let limits = host_limits(&ctx, session);
-    let _pause_watch = match &limits {
-        Some(limits) => limits.watch_pauses().await?,
-        None => None,
     };
     let mut pipeline = Pipeline {
         fetcher: Arc::new(fetcher(&ctx, session, limits)),

@@ -2,8 +2,9 @@
 //!
 //! With `--host-pause` (on by default), a 429 or 503 with `Retry-After` pauses its host for
 //! every fetcher (capped at the last `--retry-delays` step), whether or not the host has a
-//! rate; each fetcher reads the paused hosts every [`PAUSE_REFRESH`], so a host without a
-//! rate costs a Redis call per request only while it may be paused. With
+//! rate; each fetcher reads the paused hosts as its session starts and every
+//! [`PAUSE_REFRESH`], so a host without a rate costs a Redis call per request only while
+//! it may be paused. With
 //! `--host-aimd`, a 429 from a host that has a rate lowers that rate fleet-wide
 //! ([`super::limiter::Aimd`]).
 
