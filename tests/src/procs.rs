@@ -64,6 +64,19 @@ impl Worker {
         Worker::start_with(&bin_dir()?, binary, args, Output::Quiet)
     }
 
+    /// [`Worker::start`] with `--metrics-listen` on a free local port; returns the worker
+    /// and that port (for [`scrape`]).
+    pub fn start_with_metrics(
+        binary: &str,
+        namespace: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(Worker, u16)> {
+        let port = crate::redis_node::free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let args = [args, &["--metrics-listen", &listen]].concat();
+        Ok((Worker::start(binary, namespace, &args)?, port))
+    }
+
     /// Starts `dir/binary` with exactly `args`, its output going to `output`.
     pub fn start_with(
         dir: &Path,

@@ -18,7 +18,7 @@ use tributary_tests::clusters::{self, Clusters};
 use tributary_tests::origin::{Origin, OriginOptions};
 use tributary_tests::procs::{Worker, scrape};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
-use tributary_tests::redis_node::{RedisNode, free_port};
+use tributary_tests::redis_node::RedisNode;
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -261,12 +261,8 @@ fn start_workers(namespace: &str, common: &[&str]) -> Vec<(Worker, u16)> {
         ("processor-worker", &[][..]),
         ("aggregator", &[][..]),
     ] {
-        let port = free_port().unwrap();
-        let listen = format!("127.0.0.1:{port}");
-        let mut flags = common.to_vec();
-        flags.extend(["--metrics-listen", &listen]);
-        flags.extend(extra);
-        workers.push((Worker::start(binary, namespace, &flags).unwrap(), port));
+        let flags = [common, extra].concat();
+        workers.push(Worker::start_with_metrics(binary, namespace, &flags).unwrap());
     }
     workers
 }

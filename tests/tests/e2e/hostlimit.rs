@@ -22,7 +22,6 @@ use tributary_tests::app::{App, AppOptions};
 use tributary_tests::origin::RequestLog;
 use tributary_tests::procs::{Worker, bin_dir, scrape, stop_all};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
-use tributary_tests::redis_node::free_port;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -108,20 +107,19 @@ async fn start_watched(label: &str, n: usize, flags: &str) -> (App, Vec<Worker>,
         ..AppOptions::default()
     };
     let app = App::spawn(label, options).await.unwrap();
-    let ports: Vec<u16> = (0..n).map(|_| free_port().unwrap()).collect();
-    let fetchers: Vec<Worker> = ports
-        .iter()
-        .map(|port| {
-            let listen = format!("127.0.0.1:{port}");
-            let args: Vec<&str> = ["--allow-private", "--metrics-listen", &listen]
-                .into_iter()
-                .chain(flags.split_whitespace())
-                .collect();
-            Worker::start("fetcher-worker", &app.namespace, &args).unwrap()
-        })
-        .collect();
+    let (fetchers, ports) = (0..n).map(|_| fetcher(&app, flags)).unzip();
     wait_for_consumers(&app, n as u32).await;
     (app, fetchers, ports)
+}
+
+/// A fetcher process of `app` with `--allow-private` and `flags` (whitespace-separated),
+/// serving `/metrics` on the port returned beside it.
+fn fetcher(app: &App, flags: &str) -> (Worker, u16) {
+    let args: Vec<&str> = ["--allow-private"]
+        .into_iter()
+        .chain(flags.split_whitespace())
+        .collect();
+    Worker::start_with_metrics("fetcher-worker", &app.namespace, &args).unwrap()
 }
 
 /// Stops the fetcher processes (each must exit cleanly) and the app.
@@ -367,16 +365,7 @@ async fn a_fetcher_started_during_a_pause_waits_it_out() {
         .map(|i| format!("http://127.0.0.1:{port}/quotes/{i}.json"))
         .collect();
     let job = app.enqueue_lines(&lines, &[]).await.unwrap();
-    let metrics = free_port().unwrap();
-    let listen = format!("127.0.0.1:{metrics}");
-    let args = ["--allow-private", "--metrics-listen", &listen];
-    let retries = ["--retry-delays", "100ms,500ms,3s"];
-    let fetcher = Worker::start(
-        "fetcher-worker",
-        &app.namespace,
-        &[&args[..], &retries].concat(),
-    )
-    .unwrap();
+    let (worker, metrics) = fetcher(&app, "--retry-delays 100ms,500ms,3s");
     wait_for_consumers(&app, 1).await;
     assert!(
         SystemTime::now() < paused_until,
@@ -397,7 +386,7 @@ async fn a_fetcher_started_during_a_pause_waits_it_out() {
         deferred >= 20,
         "every task was put aside at least once: {deferred}"
     );
-    stop(app, vec![fetcher]).await;
+    stop(app, vec![worker]).await;
 }
 
 #[test]

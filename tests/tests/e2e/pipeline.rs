@@ -9,7 +9,6 @@ use tributary::names::Stage;
 use tributary_tests::app::{App, AppOptions};
 use tributary_tests::procs::{Worker, scrape};
 use tributary_tests::quotes::{assert_close, expected_aggregate};
-use tributary_tests::redis_node::free_port;
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -368,16 +367,9 @@ async fn the_fetch_prefetch_follows_the_tasks_per_message() {
     )
     .await
     .unwrap();
-    let port = free_port().unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "--allow-private",
-        "--concurrency",
-        "16",
-        "--metrics-listen",
-        &listen,
-    ];
-    let fetcher = Worker::start("fetcher-worker", &app.namespace, &args).unwrap();
+    let args = ["--allow-private", "--concurrency", "16"];
+    let (fetcher, port) =
+        Worker::start_with_metrics("fetcher-worker", &app.namespace, &args).unwrap();
     let ids: Vec<u64> = (0..N).collect();
     let lines: Vec<String> = ids
         .iter()
