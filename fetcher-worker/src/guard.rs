@@ -3,9 +3,12 @@
 //! literals in URLs, and on every redirect hop. `--allow-private` turns it off for local
 //! tests and demos.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use hyper_util::client::legacy::connect::dns::Name;
 
 /// Whether an address is one the fetcher must not reach from a task.
 pub fn is_blocked(ip: IpAddr) -> bool {
@@ -65,24 +68,36 @@ impl std::fmt::Display for BlockedAddress {
 
 impl std::error::Error for BlockedAddress {}
 
-/// The system resolver, with blocked addresses removed.
-#[derive(Debug, Default)]
-pub struct GuardedResolver;
+/// The system resolver, with blocked addresses removed unless `allow_private`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuardedResolver {
+    pub allow_private: bool,
+}
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type Resolved = std::vec::IntoIter<SocketAddr>;
+type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = Resolved;
+    type Error = ResolveError;
+    type Future = Pin<Box<dyn Future<Output = Result<Resolved, ResolveError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ResolveError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let host = name.as_str().to_string();
+        let allow_private = self.allow_private;
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| !is_blocked(a.ip()))
+                .filter(|a| allow_private || !is_blocked(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(
-                    Box::new(BlockedAddress(host)) as Box<dyn std::error::Error + Send + Sync>
-                );
+                return Err(Box::new(BlockedAddress(host)) as ResolveError);
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
+            Ok(addrs.into_iter())
         })
     }
 }

@@ -20,6 +20,11 @@
 //! | `GET /big-chunked/{bytes}`     | as `/big`, but chunked (no `Content-Length`)                  |
 //! | `GET /slow/{ms}/{i}`           | sleeps `ms` milliseconds, then 200 quote                      |
 //! | `GET /etag/{i}`                | 200 quote with `ETag: "q{i}"`; 304 (empty) to a matching `If-None-Match` |
+//! | `GET /redirect/{n}/{i}`        | 302 to `/redirect/{n-1}/{i}`, and from `n` = 1 to `/quotes/{i}`: `n` redirects in all |
+//! | `GET /redirect-to?to={url}`    | 302 to `url`                                                  |
+//! | `GET /bearer/{token}/{i}`      | 200 quote with `Authorization: Bearer {token}`, else 401     |
+//! | `GET /basic/{user}/{password}/{i}` | 200 quote with that Basic `Authorization`, else 401       |
+//! | `GET /no-auth/{i}`             | 200 quote without an `Authorization` header, 400 with one     |
 //! | anything else                  | 404                                                           |
 
 use std::collections::HashMap;
@@ -283,6 +288,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/big-chunked/{bytes}", get(big_chunked))
         .route("/slow/{ms}/{i}", get(slow))
         .route("/etag/{i}", get(etag))
+        .route("/redirect/{n}/{i}", get(redirect))
+        .route("/redirect-to", get(redirect_to))
+        .route("/bearer/{token}/{i}", get(bearer))
+        .route("/basic/{user}/{password}/{i}", get(basic))
+        .route("/no-auth/{i}", get(no_auth))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), record))
         .with_state(shared)

@@ -156,3 +156,65 @@ pub(super) async fn etag(Path(file): Path<String>, headers: axum::http::HeaderMa
     response.headers_mut().insert(header::ETAG, etag);
     response
 }
+
+fn found(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(to) => (StatusCode::FOUND, [(header::LOCATION, to)]).into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "bad location\n").into_response(),
+    }
+}
+
+pub(super) async fn redirect(Path((n, i)): Path<(String, String)>) -> Response {
+    match n.parse::<u32>() {
+        Ok(0) | Err(_) => not_found_response(),
+        Ok(1) => found(&format!("/quotes/{i}")),
+        Ok(n) => found(&format!("/redirect/{}/{i}", n - 1)),
+    }
+}
+
+pub(super) async fn redirect_to(
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    match query.get("to") {
+        Some(to) => found(to),
+        None => not_found_response(),
+    }
+}
+
+/// The quote document `i` if the request's `Authorization` is `expected`, else 401.
+fn authorized(headers: &axum::http::HeaderMap, expected: &str, i: &str) -> Response {
+    let Some(i) = parse_id(i, ".json") else {
+        return not_found_response();
+    };
+    match headers.get(header::AUTHORIZATION) {
+        Some(given) if given.as_bytes() == expected.as_bytes() => quote_response(i),
+        _ => (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response(),
+    }
+}
+
+pub(super) async fn bearer(
+    Path((token, i)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    authorized(&headers, &format!("Bearer {token}"), &i)
+}
+
+pub(super) async fn basic(
+    Path((user, password, i)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use base64::Engine as _;
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    authorized(&headers, &format!("Basic {pair}"), &i)
+}
+
+pub(super) async fn no_auth(Path(i): Path<String>, headers: axum::http::HeaderMap) -> Response {
+    match (
+        parse_id(&i, ".json"),
+        headers.contains_key(header::AUTHORIZATION),
+    ) {
+        (None, _) => not_found_response(),
+        (Some(i), false) => quote_response(i),
+        (Some(_), true) => (StatusCode::BAD_REQUEST, "credentials sent\n").into_response(),
+    }
+}

@@ -18,6 +18,7 @@ mod enqueue;
 mod final_states;
 mod foreign;
 mod hostlimit;
+mod http;
 mod limiter;
 mod metrics;
 mod pipeline;
