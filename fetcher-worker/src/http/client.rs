@@ -18,6 +18,12 @@ use crate::guard::GuardedResolver;
 /// The pooled client every download of a fetcher shares.
 pub type Pool = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>;
 
+/// Keepalive probes start after this long idle, and repeat this often.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Unacknowledged data for this long closes the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -29,6 +35,12 @@ pub fn pool(options: &HttpOptions) -> anyhow::Result<Pool> {
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(options.timeout.min(Duration::from_secs(5))));
+    // A pooled connection whose peer vanished is found by the kernel, not only by the
+    // download's overall timeout (reqwest's settings).
+    tcp.set_keepalive(Some(TCP_KEEPALIVE));
+    tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
+    tcp.set_keepalive_retries(Some(3));
+    tcp.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let connector = HttpsConnectorBuilder::new()
         .with_provider_and_platform_verifier(provider)

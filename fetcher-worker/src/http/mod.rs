@@ -186,8 +186,9 @@ impl Http {
             .body(Empty::<Bytes>::new())
             .map_err(|e| Failure::new(ErrorClass::InvalidTask, format!("bad request: {e}")))?;
         *request.headers_mut() = headers.clone();
+        // The task's own `Authorization` wins over credentials in its URL.
         if let Some(basic) = basic {
-            request.headers_mut().insert(AUTHORIZATION, basic);
+            request.headers_mut().entry(AUTHORIZATION).or_insert(basic);
         }
         self.pool
             .request(request)
@@ -266,19 +267,13 @@ fn uri_of(url: &url::Url) -> Result<(Uri, Option<HeaderValue>), Failure> {
 
 /// A URL's `user:password`, percent-decoded, as a Basic `Authorization` value.
 fn basic_auth(url: &url::Url) -> Option<HeaderValue> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
     if url.username().is_empty() && url.password().is_none() {
         return None;
     }
-    let pair = format!(
-        "{}:{}",
-        decode(url.username()),
-        url.password().map(decode).unwrap_or_default()
-    );
+    let decoded = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut pair = decoded(url.username());
+    pair.push(b':');
+    pair.extend(url.password().map(decoded).unwrap_or_default());
     let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
     let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
     value.set_sensitive(true);
@@ -371,6 +366,60 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with a source, as the client's errors wrap the connector's.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn client_errors_are_classified_without_credentials() {
+        let url = "http://user:secret@a.example/x";
+        let io = |kind| Wrapped(Box::new(std::io::Error::from(kind)));
+        let timed_out = classify(&io(std::io::ErrorKind::TimedOut), url);
+        assert_eq!(timed_out.class, ErrorClass::Timeout);
+        assert!(!timed_out.reason.contains("secret"), "{}", timed_out.reason);
+        let refused = classify(&io(std::io::ErrorKind::ConnectionRefused), url);
+        assert_eq!(refused.class, ErrorClass::Connect);
+        assert!(
+            refused.reason.contains("client error (Connect)"),
+            "{}",
+            refused.reason
+        );
+        let blocked = Wrapped(Box::new(BlockedAddress("a.example".into())));
+        assert_eq!(classify(&blocked, url).class, ErrorClass::BlockedAddress);
+    }
+
+    #[test]
+    fn url_credentials_become_basic_auth() {
+        let basic = |s: &str| basic_auth(&url::Url::parse(s).unwrap());
+        let encoded = |pair: &[u8]| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap()
+        };
+        assert_eq!(basic("http://a.example/"), None);
+        assert_eq!(
+            basic("http://us%40er:p%3Ass@a.example/"),
+            Some(encoded(b"us@er:p:ss"))
+        );
+        assert_eq!(basic("http://token@a.example/"), Some(encoded(b"token:")));
+        // Bytes that are not UTF-8 go as they are.
+        assert_eq!(basic("http://u:%FF@a.example/"), Some(encoded(b"u:\xff")));
+        let (uri, _) =
+            uri_of(&url::Url::parse("http://u:p@a.example/x?q=1#frag").unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://a.example/x?q=1");
+    }
 
     #[test]
     fn retry_after_forms() {

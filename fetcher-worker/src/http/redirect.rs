@@ -36,7 +36,9 @@ pub fn next_hop(
     }
     let Some(next) = headers
         .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
+        // UTF-8, not only visible ASCII: servers send raw non-ASCII paths, and `join`
+        // percent-encodes them.
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|location| current.join(location).ok())
     else {
         return Ok(Hop::Done);
@@ -112,6 +114,14 @@ mod tests {
         assert_eq!(
             hop(301, "https://b.example/", 4).unwrap(),
             Hop::Follow(url("https://b.example/"))
+        );
+        let raw = HeaderValue::from_bytes("/café".as_bytes()).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, raw);
+        let from = url("http://a.example/x");
+        assert_eq!(
+            next_hop(&from, StatusCode::FOUND, &headers, 0, false).unwrap(),
+            Hop::Follow(url("http://a.example/caf%C3%A9"))
         );
         // Not a redirect, or one that says nowhere to go: the response stands.
         assert_eq!(hop(200, "/z", 0).unwrap(), Hop::Done);

@@ -20,6 +20,7 @@
 //! | `GET /big-chunked/{bytes}`     | as `/big`, but chunked (no `Content-Length`)                  |
 //! | `GET /slow/{ms}/{i}`           | sleeps `ms` milliseconds, then 200 quote                      |
 //! | `GET /etag/{i}`                | 200 quote with `ETag: "q{i}"`; 304 (empty) to a matching `If-None-Match` |
+//! | `GET /stall-body/{ms}/{i}`     | 200 quote headers and its first byte at once, the rest after `ms` milliseconds |
 //! | `GET /redirect/{n}/{i}`        | 302 to `/redirect/{n-1}/{i}`, and from `n` = 1 to `/quotes/{i}`: `n` redirects in all |
 //! | `GET /redirect-to?to={url}`    | 302 to `url`                                                  |
 //! | `GET /bearer/{token}/{i}`      | 200 quote with `Authorization: Bearer {token}`, else 401     |
@@ -288,6 +289,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/big-chunked/{bytes}", get(big_chunked))
         .route("/slow/{ms}/{i}", get(slow))
         .route("/etag/{i}", get(etag))
+        .route("/stall-body/{ms}/{i}", get(stall_body))
         .route("/redirect/{n}/{i}", get(redirect))
         .route("/redirect-to", get(redirect_to))
         .route("/bearer/{token}/{i}", get(bearer))

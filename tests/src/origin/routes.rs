@@ -1,5 +1,7 @@
 //! The origin's route handlers (the table in the parent module's docs).
 
+use futures::StreamExt as _;
+
 use super::*;
 
 /// Parses a document id, accepting an optional `suffix`.
@@ -155,6 +157,29 @@ pub(super) async fn etag(Path(file): Path<String>, headers: axum::http::HeaderMa
     let mut response = quote_response(i);
     response.headers_mut().insert(header::ETAG, etag);
     response
+}
+
+pub(super) async fn stall_body(Path((ms, i)): Path<(String, String)>) -> Response {
+    let (Ok(ms), Some(i)) = (ms.parse::<u64>(), parse_id(&i, ".json")) else {
+        return not_found_response();
+    };
+    let body = quote_body(i);
+    let (first, rest) = (body.slice(..1), body.slice(1..));
+    let chunks =
+        futures::stream::iter([Some(first), None, Some(rest)]).then(move |chunk| async move {
+            match chunk {
+                Some(bytes) => Ok::<_, Infallible>(bytes),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok(Bytes::new())
+                }
+            }
+        });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 fn found(location: &str) -> Response {

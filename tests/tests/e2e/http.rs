@@ -65,15 +65,20 @@ async fn credentials_reach_their_origin_and_no_other() {
         )),
         // The control: sent straight to /no-auth, the header is there and the task fails.
         with_bearer("/no-auth/9.json".into()),
-        // A user and password in the URL go as Basic auth, percent-decoded.
+        // A user and password in the URL go as Basic auth, percent-decoded, also after a
+        // redirect on the same origin, and not after one to another.
         format!("http://us%40er:p%3Ass@127.0.0.1:{port}/basic/us@er/p:ss/8.json"),
+        format!("http://u:p@127.0.0.1:{port}/redirect-to?to=/basic/u/p/10.json"),
+        format!(
+            "http://u:p@127.0.0.1:{port}/redirect-to?to=http://localhost:{port}/no-auth/11.json"
+        ),
     ];
     let job = app.enqueue_lines(&lines, &[]).await.unwrap();
     let status = app.wait_done(job, LIMIT).await.unwrap();
-    assert_eq!((status.aggregated, status.dead), (4, 1), "{status:?}");
+    assert_eq!((status.aggregated, status.dead), (6, 1), "{status:?}");
     assert_close(
         &app.results_json(job).await.unwrap(),
-        &expected_aggregate([5, 6, 7, 8]),
+        &expected_aggregate([5, 6, 7, 8, 10, 11]),
     );
     let dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -84,5 +89,34 @@ async fn credentials_reach_their_origin_and_no_other() {
             .is_some_and(|u| u.contains("/no-auth/9")),
         "{dead:?}"
     );
+    app.shutdown().await.unwrap();
+}
+
+/// The overall timeout covers the body: an origin that stalls before its headers and one
+/// that stalls inside its body both fail as `timeout`.
+#[tokio::test]
+async fn a_download_that_outlasts_the_timeout_fails_as_a_timeout() {
+    let options = AppOptions {
+        fetcher_args: ["--timeout-ms", "300", "--max-attempts", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..AppOptions::default()
+    };
+    let app = App::spawn("http-timeout", options).await.unwrap();
+    let lines = vec![
+        app.origin.url("/slow/2000/1.json"),
+        app.origin.url("/stall-body/2000/2.json"),
+        app.origin.url("/stall-body/0/3.json"),
+    ];
+    let job = app.enqueue_lines(&lines, &[]).await.unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    assert_eq!((status.aggregated, status.dead), (1, 2), "{status:?}");
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate([3]),
+    );
+    let dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead.iter().all(|d| d["error"] == "timeout"), "{dead:?}");
     app.shutdown().await.unwrap();
 }
