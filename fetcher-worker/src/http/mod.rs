@@ -174,26 +174,22 @@ impl Http {
         }
     }
 
-    /// One GET of `url` with `headers` (credentials in the URL become Basic auth).
+    /// One GET of `url` with `headers`. A request an HTTP/2 peer refused before running it
+    /// goes again once, at once, as reqwest did ([`refused_by_peer`]).
     async fn request(
         &self,
         url: &url::Url,
         headers: &HeaderMap,
         shown: &str,
     ) -> Result<Response<Incoming>, Failure> {
-        let (uri, basic) = uri_of(url)?;
-        let mut request = Request::get(uri)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| Failure::new(ErrorClass::InvalidTask, format!("bad request: {e}")))?;
-        *request.headers_mut() = headers.clone();
-        // The task's own `Authorization` wins over credentials in its URL.
-        if let Some(basic) = basic {
-            request.headers_mut().entry(AUTHORIZATION).or_insert(basic);
+        let mut again = true;
+        loop {
+            match self.pool.request(get(url, headers)?).await {
+                Ok(response) => return Ok(response),
+                Err(e) if again && refused_by_peer(&e) => again = false,
+                Err(e) => return Err(classify(&e, shown)),
+            }
         }
-        self.pool
-            .request(request)
-            .await
-            .map_err(|e| classify(&e, shown))
     }
 
     /// The body, at most `--max-body-bytes` of it.
@@ -217,6 +213,38 @@ impl Http {
         }
         Ok(body.freeze())
     }
+}
+
+/// A GET of `url` with `headers`; credentials in the URL become Basic auth, unless the
+/// task set its own `Authorization`.
+fn get(url: &url::Url, headers: &HeaderMap) -> Result<Request<Empty<Bytes>>, Failure> {
+    let (uri, basic) = uri_of(url)?;
+    let mut request = Request::get(uri)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| Failure::new(ErrorClass::InvalidTask, format!("bad request: {e}")))?;
+    *request.headers_mut() = headers.clone();
+    if let Some(basic) = basic {
+        request.headers_mut().entry(AUTHORIZATION).or_insert(basic);
+    }
+    Ok(request)
+}
+
+/// Whether an HTTP/2 peer refused the request before running it, so it may go again on a
+/// new stream: a graceful `GOAWAY` or a `REFUSED_STREAM` from the peer (RFC 9113 §8.7).
+fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && is_refusal(h2.is_go_away(), h2.is_reset(), h2.reason());
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn is_refusal(go_away: bool, reset: bool, reason: Option<h2::Reason>) -> bool {
+    (go_away && reason == Some(h2::Reason::NO_ERROR))
+        || (reset && reason == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// The headers every request of a task carries: `User-Agent`, `Accept`, the task's own,
@@ -399,6 +427,23 @@ mod tests {
         );
         let blocked = Wrapped(Box::new(BlockedAddress("a.example".into())));
         assert_eq!(classify(&blocked, url).class, ErrorClass::BlockedAddress);
+    }
+
+    #[test]
+    fn only_a_peer_refusal_goes_again() {
+        use h2::Reason;
+        assert!(is_refusal(true, false, Some(Reason::NO_ERROR)));
+        assert!(is_refusal(false, true, Some(Reason::REFUSED_STREAM)));
+        assert!(!is_refusal(true, false, Some(Reason::PROTOCOL_ERROR)));
+        assert!(!is_refusal(false, true, Some(Reason::CANCEL)));
+        assert!(!is_refusal(false, false, Some(Reason::REFUSED_STREAM)));
+        // An error this side raised is not the peer's refusal, nor is any other error.
+        let local = Wrapped(Box::new(h2::Error::from(Reason::REFUSED_STREAM)));
+        assert!(!refused_by_peer(&local));
+        let io = Wrapped(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(!refused_by_peer(&io));
     }
 
     #[test]
