@@ -23,6 +23,7 @@ use hyper::header::{
 use hyper::{Request, Response, Uri};
 use tributary::message::Task;
 use tributary::policy::{ErrorClass, Failure};
+use tributary::runtime::cli::chain;
 use tributary::runtime::redact::redact_url;
 
 use crate::conditional::Validators;
@@ -232,14 +233,9 @@ fn get(url: &url::Url, headers: &HeaderMap) -> Result<Request<Empty<Bytes>>, Fai
 /// Whether an HTTP/2 peer refused the request before running it, so it may go again on a
 /// new stream: a graceful `GOAWAY` or a `REFUSED_STREAM` from the peer (RFC 9113 §8.7).
 fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_remote() && is_refusal(h2.is_go_away(), h2.is_reset(), h2.reason());
-        }
-        source = e.source();
-    }
-    false
+    sources(error)
+        .find_map(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| h2.is_remote() && is_refusal(h2.is_go_away(), h2.is_reset(), h2.reason()))
 }
 
 fn is_refusal(go_away: bool, reset: bool, reason: Option<h2::Reason>) -> bool {
@@ -359,36 +355,24 @@ pub fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
 /// Turns a client error into a failure class, without the URL's credentials: a blocked
 /// address, a timeout (the connect timeout's), or a connection failure.
 fn classify(error: &(dyn std::error::Error + 'static), url: &str) -> Failure {
-    let mut timed_out = false;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(blocked) = e.downcast_ref::<BlockedAddress>() {
-            return Failure::new(ErrorClass::BlockedAddress, blocked.to_string());
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        source = e.source();
+    if let Some(blocked) = sources(error).find_map(|e| e.downcast_ref::<BlockedAddress>()) {
+        return Failure::new(ErrorClass::BlockedAddress, blocked.to_string());
     }
+    let timed_out = sources(error)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
     let class = match timed_out {
         true => ErrorClass::Timeout,
         false => ErrorClass::Connect,
     };
-    Failure::new(
-        class,
-        format!("{}: {}", redact_url(url), error_chain(error)),
-    )
+    Failure::new(class, format!("{}: {}", redact_url(url), chain(error)))
 }
 
-/// An error and its sources, joined by `: `.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(e) = source {
-        parts.push(e.to_string());
-        source = e.source();
-    }
-    parts.join(": ")
+/// An error and each of its sources in turn.
+fn sources<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
 }
 
 #[cfg(test)]
