@@ -11,6 +11,31 @@ use tributary_tests::quotes::{assert_close, expected_aggregate};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// Runs a job of `lines` to its end, checks that exactly the documents `fetched` were
+/// aggregated (and their aggregate exact) and `dead` tasks died; the fetch dead letters.
+async fn run_job(
+    app: &App,
+    lines: &[String],
+    fetched: &[u64],
+    dead: u64,
+) -> Vec<serde_json::Value> {
+    let job = app.enqueue_lines(lines, &[]).await.unwrap();
+    let status = app.wait_done(job, LIMIT).await.unwrap();
+    let aggregated = fetched.len() as u64;
+    assert_eq!(
+        (status.aggregated, status.dead),
+        (aggregated, dead),
+        "{status:?}"
+    );
+    assert_close(
+        &app.results_json(job).await.unwrap(),
+        &expected_aggregate(fetched.iter().copied()),
+    );
+    let letters = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
+    assert_eq!(letters.len() as u64, dead, "{letters:?}");
+    letters
+}
+
 #[tokio::test]
 async fn redirects_are_followed_up_to_five_and_refused_beyond() {
     let app = App::spawn("http-redirects", AppOptions::default())
@@ -27,15 +52,7 @@ async fn redirects_are_followed_up_to_five_and_refused_beyond() {
             "/redirect-to?to=http://localhost:{port}/quotes/4.json"
         )),
     ];
-    let job = app.enqueue_lines(&lines, &[]).await.unwrap();
-    let status = app.wait_done(job, LIMIT).await.unwrap();
-    assert_eq!((status.aggregated, status.dead), (3, 2), "{status:?}");
-    assert_close(
-        &app.results_json(job).await.unwrap(),
-        &expected_aggregate([1, 2, 4]),
-    );
-    let dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
+    let dead = run_job(&app, &lines, &[1, 2, 4], 2).await;
     assert!(dead.iter().all(|d| d["error"] == "redirects"), "{dead:?}");
     // Five hops of document 2 were followed to the document; of document 3, the sixth
     // redirect was refused before its target was asked for.
@@ -73,15 +90,7 @@ async fn credentials_reach_their_origin_and_no_other() {
             "http://u:p@127.0.0.1:{port}/redirect-to?to=http://localhost:{port}/no-auth/11.json"
         ),
     ];
-    let job = app.enqueue_lines(&lines, &[]).await.unwrap();
-    let status = app.wait_done(job, LIMIT).await.unwrap();
-    assert_eq!((status.aggregated, status.dead), (6, 1), "{status:?}");
-    assert_close(
-        &app.results_json(job).await.unwrap(),
-        &expected_aggregate([5, 6, 7, 8, 10, 11]),
-    );
-    let dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
+    let dead = run_job(&app, &lines, &[5, 6, 7, 8, 10, 11], 1).await;
     assert_eq!(dead[0]["error"], "http_status", "{dead:?}");
     assert!(
         dead[0]["url"]
@@ -108,15 +117,7 @@ async fn a_download_that_outlasts_the_timeout_fails_as_a_timeout() {
         app.origin.url("/stall-body/2000/2.json"),
         app.origin.url("/stall-body/0/3.json"),
     ];
-    let job = app.enqueue_lines(&lines, &[]).await.unwrap();
-    let status = app.wait_done(job, LIMIT).await.unwrap();
-    assert_eq!((status.aggregated, status.dead), (1, 2), "{status:?}");
-    assert_close(
-        &app.results_json(job).await.unwrap(),
-        &expected_aggregate([3]),
-    );
-    let dead = app.dlq(&["list", "--stage", "fetch"]).await.unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
+    let dead = run_job(&app, &lines, &[3], 2).await;
     assert!(dead.iter().all(|d| d["error"] == "timeout"), "{dead:?}");
     app.shutdown().await.unwrap();
 }
